@@ -1,0 +1,97 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ctr-pipeline",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ctr-aggregator", targets: ["ctr-aggregator"]),
+        .executable(name: "schema-tool", targets: ["schema-tool"]),
+        .executable(name: "ctr-producer", targets: ["ctr-producer"]),
+        .executable(name: "ctr-dev-broker", targets: ["ctr-dev-broker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+    ],
+    targets: [
+        // MARK: System libraries
+        .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+
+        // MARK: Pure domain
+        .target(name: "CTRWindows"),
+        .target(name: "TrafficGenerator", dependencies: ["CTRWindows"]),
+
+        // MARK: Edges
+        .target(
+            name: "Ingest",
+            dependencies: [
+                "CTRWindows", "CRdKafka",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "ClickHouseHTTP",
+            dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "ClickHouseSink",
+            dependencies: ["CTRWindows", "ClickHouseHTTP", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "SchemaTool",
+            dependencies: ["ClickHouseHTTP", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(name: "DevBroker", dependencies: ["CRdKafka"]),
+        .target(
+            name: "CTRPipeline",
+            dependencies: [
+                "CTRWindows", "Ingest", "ClickHouseSink", "ClickHouseHTTP",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // MARK: Executables (argument parsing and wiring only)
+        .executableTarget(
+            name: "ctr-aggregator",
+            dependencies: [
+                "CTRPipeline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "schema-tool",
+            dependencies: [
+                "SchemaTool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "ctr-producer",
+            dependencies: [
+                "TrafficGenerator", "Ingest",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "ctr-dev-broker",
+            dependencies: [
+                "DevBroker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // MARK: Tests
+        .target(name: "TestSupport", dependencies: ["ClickHouseHTTP"], path: "Tests/TestSupport"),
+        .testTarget(name: "CTRWindowsTests", dependencies: ["CTRWindows"]),
+        .testTarget(name: "IngestTests", dependencies: ["Ingest", "CTRWindows"]),
+        .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
+        .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
+        .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,272 @@
+import CCurl
+import Foundation
+
+/// Where and how to reach a ClickHouse server's HTTP interface.
+public struct ClickHouseEndpoint: Sendable, CustomStringConvertible {
+    /// Base URL of the HTTP interface, e.g. `http://127.0.0.1:8123`. Any path or query is ignored.
+    public var url: String
+    /// Database that unqualified table names refer to.
+    public var database: String
+    /// User and password; `nil` means ClickHouse's `default` user without password.
+    public var credentials: ClickHouseCredentials?
+    /// PEM file with the CA certificates that sign the server's certificate (HTTPS only).
+    public var caFile: String?
+    /// Longest time one request may take, from connect to the last byte of the answer.
+    public var requestTimeout: Duration
+    /// Longest time to establish the TCP (and TLS) connection.
+    public var connectTimeout: Duration
+
+    public init(
+        url: String,
+        database: String,
+        credentials: ClickHouseCredentials? = nil,
+        caFile: String? = nil,
+        requestTimeout: Duration = .seconds(30),
+        connectTimeout: Duration = .seconds(5)
+    ) {
+        self.url = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.database = database
+        self.credentials = credentials
+        self.caFile = caFile
+        self.requestTimeout = requestTimeout
+        self.connectTimeout = connectTimeout
+    }
+
+    /// The URL and database, never the credentials.
+    public var description: String { "\(url) (database \(database))" }
+}
+
+/// A ClickHouse user and password. Its descriptions never show the password.
+public struct ClickHouseCredentials: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    public var user: String
+    public var password: String
+
+    public init(user: String, password: String) {
+        self.user = user
+        self.password = password
+    }
+
+    /// Reads `CLICKHOUSE_USER` and `CLICKHOUSE_PASSWORD`, or the password from `passwordFile`
+    /// (trailing newline removed). Returns `nil` when neither user nor password is given.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        passwordFile: String? = nil
+    ) throws -> ClickHouseCredentials? {
+        var password = environment["CLICKHOUSE_PASSWORD"]
+        if let passwordFile = passwordFile ?? environment["CLICKHOUSE_PASSWORD_FILE"] {
+            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
+                throw ClickHouseConfigurationError(
+                    "cannot read the ClickHouse password file \(passwordFile): check that it exists and is readable"
+                )
+            }
+            password = text.trimmingCharacters(in: .newlines)
+        }
+        let user = environment["CLICKHOUSE_USER"]
+        if user == nil && password == nil { return nil }
+        return ClickHouseCredentials(user: user ?? "default", password: password ?? "")
+    }
+
+    public var description: String { "\(user):<redacted>" }
+    public var debugDescription: String { description }
+}
+
+/// A configuration problem found before any request is sent.
+public struct ClickHouseConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The answer to a successful request.
+public struct ClickHouseResponse: Sendable {
+    /// HTTP status (2xx).
+    public var status: Int
+    /// The body as sent by the server.
+    public var body: [UInt8]
+
+    /// The body decoded as UTF-8.
+    public var text: String { String(decoding: body, as: UTF8.self) }
+
+    /// The body split into lines, without the trailing empty line (for `TabSeparated` answers).
+    public var lines: [Substring] {
+        text.split(separator: "\n", omittingEmptySubsequences: false).dropLast(text.hasSuffix("\n") ? 1 : 0)
+            .map { $0 }
+    }
+}
+
+/// One keep-alive HTTP connection to ClickHouse, built on libcurl.
+///
+/// A connection is used by one thread at a time (it is not `Sendable`); open one per worker.
+/// Requests are blocking: the sink runs them on its own thread.
+public final class ClickHouseConnection {
+    public let endpoint: ClickHouseEndpoint
+    private let handle: UnsafeMutableRawPointer
+
+    private static let globalInit: Void = {
+        curl_global_init(Int(CURL_GLOBAL_ALL))
+    }()
+
+    public init(endpoint: ClickHouseEndpoint) throws(ClickHouseConfigurationError) {
+        _ = Self.globalInit
+        guard let handle = curl_easy_init() else {
+            throw ClickHouseConfigurationError("libcurl could not create a handle (out of memory?)")
+        }
+        self.endpoint = endpoint
+        self.handle = handle
+    }
+
+    deinit {
+        curl_easy_cleanup(handle)
+    }
+
+    /// Sends `query` to the server, with `body` (if any) as the POST data that follows it, and
+    /// returns the answer. The query goes in the URL, so data values belong in `body`.
+    ///
+    /// - Parameters:
+    ///   - settings: ClickHouse settings sent as URL parameters (e.g. `max_execution_time`).
+    ///   - queryID: sent as `query_id`, so that the query can be found in `system.processes`.
+    ///   - useDatabase: whether to send `database=` (off for `CREATE DATABASE`).
+    public func execute(
+        _ query: String,
+        body: [UInt8]? = nil,
+        settings: [String: String] = [:],
+        queryID: String? = nil,
+        useDatabase: Bool = true
+    ) throws(ClickHouseError) -> ClickHouseResponse {
+        var parameters: [(String, String)] = [("query", query)]
+        if useDatabase { parameters.append(("database", endpoint.database)) }
+        if let queryID { parameters.append(("query_id", queryID)) }
+        for (key, value) in settings.sorted(by: { $0.key < $1.key }) { parameters.append((key, value)) }
+        let url = endpoint.url + "/?" + parameters.map { "\($0.0)=\(Self.percentEncode($0.1))" }.joined(separator: "&")
+        return try perform(url: url, body: body ?? [])
+    }
+
+    private static let unreserved: CharacterSet = {
+        var set = CharacterSet.alphanumerics
+        set.insert(charactersIn: "-._~")
+        return set
+    }()
+
+    private static func percentEncode(_ value: String) -> String {
+        value.addingPercentEncoding(withAllowedCharacters: unreserved) ?? value
+    }
+
+    private final class Exchange {
+        var body: [UInt8] = []
+        var exceptionCodeHeader: String?
+    }
+
+    private func perform(url: String, body: [UInt8]) throws(ClickHouseError) -> ClickHouseResponse {
+        curl_easy_reset(handle)
+        let exchange = Exchange()
+        let context = Unmanaged.passUnretained(exchange).toOpaque()
+        var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+
+        let code: CURLcode = url.withCString { urlPointer in
+            body.withUnsafeBufferPointer { bodyPointer in
+                errorBuffer.withUnsafeMutableBufferPointer { errorPointer in
+                    ccurl_setopt_ptr(handle, CURLOPT_URL, urlPointer)
+                    ccurl_setopt_long(handle, CURLOPT_POST, 1)
+                    ccurl_setopt_ptr(handle, CURLOPT_POSTFIELDS, bodyPointer.baseAddress ?? UnsafePointer(bitPattern: 1))
+                    ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+                    ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+                    ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, Self.milliseconds(endpoint.requestTimeout))
+                    ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Self.milliseconds(endpoint.connectTimeout))
+                    ccurl_setopt_long(handle, CURLOPT_TCP_KEEPALIVE, 1)
+                    ccurl_setopt_ptr(handle, CURLOPT_ERRORBUFFER, errorPointer.baseAddress)
+                    ccurl_setopt_write_cb(handle) { data, size, count, context in
+                        let exchange = Unmanaged<Exchange>.fromOpaque(context!).takeUnretainedValue()
+                        let length = size * count
+                        data!.withMemoryRebound(to: UInt8.self, capacity: length) {
+                            exchange.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
+                        }
+                        return length
+                    }
+                    ccurl_setopt_ptr(handle, CURLOPT_WRITEDATA, context)
+                    ccurl_setopt_header_cb(handle) { data, size, count, context in
+                        let exchange = Unmanaged<Exchange>.fromOpaque(context!).takeUnretainedValue()
+                        let length = size * count
+                        let line = data!.withMemoryRebound(to: UInt8.self, capacity: length) {
+                            String(decoding: UnsafeBufferPointer(start: $0, count: length), as: UTF8.self)
+                        }
+                        let prefix = "x-clickhouse-exception-code:"
+                        if line.lowercased().hasPrefix(prefix) {
+                            exchange.exceptionCodeHeader = String(line.dropFirst(prefix.count))
+                                .trimmingCharacters(in: .whitespacesAndNewlines)
+                        }
+                        return length
+                    }
+                    ccurl_setopt_ptr(handle, CURLOPT_HEADERDATA, context)
+                    // No "Expect: 100-continue" round trip for large bodies.
+                    var headers: UnsafeMutablePointer<curl_slist>? = curl_slist_append(nil, "Expect:")
+                    headers = curl_slist_append(headers, "Content-Type: text/plain; charset=utf-8")
+                    ccurl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headers)
+                    defer { curl_slist_free_all(headers) }
+                    return withCredentials { curl_easy_perform(handle) }
+                }
+            }
+        }
+        let curlMessage = String(cString: errorBuffer)
+
+        guard code == CURLE_OK else {
+            let message = curlMessage.isEmpty ? String(cString: curl_easy_strerror(code)) : curlMessage
+            throw .transport(Self.transportFailure(code), message: "\(message) (\(endpoint.url))")
+        }
+        var status = 0
+        ccurl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        guard (200..<300).contains(status) else {
+            let text = String(decoding: exchange.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            let code = ClickHouseError.exceptionCode(header: exchange.exceptionCodeHeader, body: text)
+            throw .server(code: code, status: status, message: text)
+        }
+        return ClickHouseResponse(status: status, body: exchange.body)
+    }
+
+    private func withCredentials<T>(_ body: () -> T) -> T {
+        if let caFile = endpoint.caFile {
+            caFile.withCString { _ = ccurl_setopt_ptr(handle, CURLOPT_CAINFO, $0) }
+        }
+        guard let credentials = endpoint.credentials else { return body() }
+        // libcurl copies string options, so the pointers need to live only for the call.
+        credentials.user.withCString { _ = ccurl_setopt_ptr(handle, CURLOPT_USERNAME, $0) }
+        credentials.password.withCString { _ = ccurl_setopt_ptr(handle, CURLOPT_PASSWORD, $0) }
+        ccurl_setopt_long(handle, CURLOPT_HTTPAUTH, 1)  // CURLAUTH_BASIC
+        return body()
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Int {
+        let (seconds, attoseconds) = duration.components
+        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+
+    private static func transportFailure(_ code: CURLcode) -> ClickHouseError.TransportFailure {
+        switch code {
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY:
+            return .connectionRefused
+        case CURLE_OPERATION_TIMEDOUT:
+            return .timeout
+        case CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE:
+            return .connectionReset
+        case CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE:
+            return .tls
+        default:
+            return .other
+        }
+    }
+}
+
+extension ClickHouseConnection {
+    /// Runs a statement that returns nothing of interest (DDL, `INSERT ... SELECT`).
+    public func run(_ statement: String, settings: [String: String] = [:]) throws(ClickHouseError) {
+        _ = try execute(statement, settings: settings)
+    }
+
+    /// Runs a query and returns its `TabSeparated` rows, each split into fields (escapes kept).
+    public func rows(_ query: String) throws(ClickHouseError) -> [[Substring]] {
+        try execute(query).lines.map { $0.split(separator: "\t", omittingEmptySubsequences: false) }
+    }
+
+    /// Runs a query that returns a single value and gives it as text.
+    public func scalar(_ query: String) throws(ClickHouseError) -> String {
+        try execute(query).text.trimmingCharacters(in: .newlines)
+    }
+}
