@@ -1,0 +1,532 @@
+import CTRWindows
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Why a message was refused. The raw value is the reason code written to the dead-letter
+/// topic's `ctr-reason` header.
+public enum RejectionReason: String, Sendable, Hashable, CaseIterable {
+    /// The value is larger than the configured maximum.
+    case tooLarge = "too_large"
+    /// The value is not valid UTF-8.
+    case invalidUTF8 = "invalid_utf8"
+    /// The value is not a JSON document.
+    case notJSON = "not_json"
+    /// The value is JSON but not an object.
+    case notObject = "not_object"
+    /// Nested deeper than the decoder allows.
+    case tooDeep = "too_deep"
+    /// `product_id` or `timestamp` is missing.
+    case missingField = "missing_field"
+    /// A required field appears twice, so its value is ambiguous.
+    case duplicateField = "duplicate_field"
+    /// A field has the wrong JSON type.
+    case wrongType = "wrong_type"
+    /// `product_id` is empty or longer than 256 bytes.
+    case invalidProductID = "invalid_product_id"
+    /// `timestamp` is neither integer epoch milliseconds nor an ISO-8601 date-time with zone.
+    case invalidTimestamp = "invalid_timestamp"
+    /// `timestamp` is outside the accepted range.
+    case timestampOutOfRange = "timestamp_out_of_range"
+    /// `event_type` does not match the topic.
+    case wrongEventType = "wrong_event_type"
+    /// The event's window had closed (watermark past window end + allowed lateness).
+    case tooLate = "too_late"
+}
+
+/// A refused message: the reason code and a human-readable detail.
+public struct Rejection: Error, Sendable, Hashable, CustomStringConvertible {
+    public var reason: RejectionReason
+    public var detail: String
+
+    public init(_ reason: RejectionReason, _ detail: String) {
+        self.reason = reason
+        self.detail = detail
+    }
+
+    public var description: String { "\(reason.rawValue): \(detail)" }
+}
+
+/// A valid event, as decoded from one message.
+public struct DecodedEvent: Sendable, Hashable {
+    /// The `product_id`, unescaped.
+    public var productID: String
+    /// Event time.
+    public var timestamp: Timestamp
+
+    public init(productID: String, timestamp: Timestamp) {
+        self.productID = productID
+        self.timestamp = timestamp
+    }
+}
+
+/// Decodes and validates the JSON event contract without building a JSON tree.
+///
+/// Contract: a JSON object with `product_id` (non-empty string, at most
+/// ``maximumProductIDBytes`` bytes of UTF-8) and `timestamp` (integer epoch milliseconds, or an
+/// ISO-8601 date-time string with `Z` or a UTC offset); optional `event_type`, which must equal
+/// the expected kind (`"impression"` or `"click"`); every other field is ignored, but the whole
+/// value must still be well-formed JSON and valid UTF-8.
+///
+/// It scans the bytes once and allocates only the product id string (not at all for ids of
+/// up to 15 bytes).
+public struct EventDecoder: Sendable {
+    public static let maximumProductIDBytes = 256
+
+    /// Largest accepted message value, in bytes.
+    public var maximumMessageBytes: Int
+    /// Deepest accepted nesting of arrays and objects (the event object itself is depth 1).
+    public var maximumDepth: Int
+    /// Accepted event times, in epoch milliseconds (UTC).
+    public var timestampRange: ClosedRange<Int64>
+
+    /// 2000-01-01T00:00:00Z through 2100-01-01T00:00:00Z.
+    public static let defaultTimestampRange: ClosedRange<Int64> = 946_684_800_000...4_102_444_800_000
+
+    public init(
+        maximumMessageBytes: Int = 64 * 1024,
+        maximumDepth: Int = 16,
+        timestampRange: ClosedRange<Int64> = EventDecoder.defaultTimestampRange
+    ) {
+        self.maximumMessageBytes = maximumMessageBytes
+        self.maximumDepth = maximumDepth
+        self.timestampRange = timestampRange
+    }
+
+    /// Decodes `bytes` as an event of kind `expected`.
+    public func decode(_ bytes: UnsafeRawBufferPointer, expecting expected: EventKind) -> Result<DecodedEvent, Rejection> {
+        guard bytes.count <= maximumMessageBytes else {
+            return .failure(Rejection(.tooLarge, "value is \(bytes.count) bytes, the limit is \(maximumMessageBytes)"))
+        }
+        var scanner = JSONScanner(bytes: bytes, maximumDepth: maximumDepth)
+        do {
+            return .success(try scanner.event(expecting: expected, timestampRange: timestampRange))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Decodes `bytes` as an event of kind `expected`.
+    public func decode(_ bytes: [UInt8], expecting expected: EventKind) -> Result<DecodedEvent, Rejection> {
+        bytes.withUnsafeBytes { decode($0, expecting: expected) }
+    }
+}
+
+extension EventKind {
+    /// The `event_type` value of this kind.
+    public var eventTypeName: String {
+        switch self {
+        case .impression: "impression"
+        case .click: "click"
+        }
+    }
+}
+
+private let quote = UInt8(ascii: "\"")
+private let backslash = UInt8(ascii: "\\")
+
+/// A single-pass JSON scanner over bytes, strict per RFC 8259.
+struct JSONScanner {
+    let bytes: UnsafeRawBufferPointer
+    let maximumDepth: Int
+    var index = 0
+
+    init(bytes: UnsafeRawBufferPointer, maximumDepth: Int) {
+        self.bytes = bytes
+        self.maximumDepth = maximumDepth
+    }
+
+    private enum Field {
+        case productID, timestamp, eventType, other
+    }
+
+    mutating func event(expecting expected: EventKind, timestampRange: ClosedRange<Int64>) throws(Rejection) -> DecodedEvent {
+        skipWhitespace()
+        guard index < bytes.count else { throw Rejection(.notJSON, "value is empty") }
+        guard bytes[index] == UInt8(ascii: "{") else {
+            let first = bytes[index]
+            if first == quote || first == UInt8(ascii: "[") || first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39)
+                || first == UInt8(ascii: "t") || first == UInt8(ascii: "f") || first == UInt8(ascii: "n")
+            {
+                try skipValue(depth: 0)
+                skipWhitespace()
+                if index == bytes.count { throw Rejection(.notObject, "value is JSON but not an object") }
+            }
+            throw Rejection(.notJSON, "expected '{' at byte \(index)")
+        }
+        index += 1
+        var productID: String?
+        var timestamp: Int64?
+        var sawEventType = false
+        skipWhitespace()
+        if peek() == UInt8(ascii: "}") {
+            index += 1
+        } else {
+            while true {
+                skipWhitespace()
+                let field = try key()
+                skipWhitespace()
+                try expect(UInt8(ascii: ":"))
+                skipWhitespace()
+                switch field {
+                case .productID:
+                    guard productID == nil else { throw Rejection(.duplicateField, "product_id appears twice") }
+                    productID = try productIDValue()
+                case .timestamp:
+                    guard timestamp == nil else { throw Rejection(.duplicateField, "timestamp appears twice") }
+                    timestamp = try timestampValue()
+                case .eventType:
+                    guard !sawEventType else { throw Rejection(.duplicateField, "event_type appears twice") }
+                    sawEventType = true
+                    try eventTypeValue(expected)
+                case .other:
+                    try skipValue(depth: 1)
+                }
+                skipWhitespace()
+                guard index < bytes.count else { throw Rejection(.notJSON, "object not closed at byte \(index)") }
+                let next = bytes[index]
+                index += 1
+                if next == UInt8(ascii: ",") { continue }
+                if next == UInt8(ascii: "}") { break }
+                throw Rejection(.notJSON, "expected ',' or '}' at byte \(index - 1)")
+            }
+        }
+        skipWhitespace()
+        guard index == bytes.count else { throw Rejection(.notJSON, "unexpected data after the object at byte \(index)") }
+        guard let productID else { throw Rejection(.missingField, "product_id is required") }
+        guard let timestamp else { throw Rejection(.missingField, "timestamp is required") }
+        guard timestampRange.contains(timestamp) else {
+            throw Rejection(
+                .timestampOutOfRange,
+                "timestamp \(timestamp) ms is outside the accepted range \(timestampRange.lowerBound)...\(timestampRange.upperBound) ms"
+            )
+        }
+        return DecodedEvent(productID: productID, timestamp: Timestamp(milliseconds: timestamp))
+    }
+
+    // MARK: Fields
+
+    private mutating func key() throws(Rejection) -> Field {
+        guard peek() == quote else { throw Rejection(.notJSON, "expected a field name at byte \(index)") }
+        let start = index + 1
+        let (end, escaped) = try scanString()
+        let raw = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+        if escaped {
+            switch try unescape(start, end) {
+            case "product_id": return .productID
+            case "timestamp": return .timestamp
+            case "event_type": return .eventType
+            default: return .other
+            }
+        }
+        if Self.equals(raw, "product_id") { return .productID }
+        if Self.equals(raw, "timestamp") { return .timestamp }
+        if Self.equals(raw, "event_type") { return .eventType }
+        return .other
+    }
+
+    private mutating func productIDValue() throws(Rejection) -> String {
+        guard peek() == quote else {
+            throw Rejection(.wrongType, "product_id must be a string, found \(describeValueStart())")
+        }
+        let start = index + 1
+        let (end, escaped) = try scanString()
+        let value = escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+        let length = value.utf8.count
+        guard length > 0 else { throw Rejection(.invalidProductID, "product_id is empty") }
+        guard length <= EventDecoder.maximumProductIDBytes else {
+            throw Rejection(.invalidProductID, "product_id is \(length) bytes, the limit is \(EventDecoder.maximumProductIDBytes)")
+        }
+        return value
+    }
+
+    private mutating func timestampValue() throws(Rejection) -> Int64 {
+        guard let first = peek() else { throw Rejection(.notJSON, "value missing at byte \(index)") }
+        if first == quote {
+            let start = index + 1
+            let (end, escaped) = try scanString()
+            let text = escaped ? Array(try unescape(start, end).utf8) : Array(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            guard let milliseconds = ISO8601Timestamp.parse(text) else {
+                throw Rejection(
+                    .invalidTimestamp,
+                    "timestamp \"\(String(decoding: text.prefix(64), as: UTF8.self))\" is not ISO-8601 with a zone (e.g. 2024-05-01T12:00:00.250Z)"
+                )
+            }
+            return milliseconds
+        }
+        if first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) {
+            let start = index
+            try skipNumber()
+            let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
+            var value: Int64 = 0
+            var negative = false
+            for (position, byte) in text.enumerated() {
+                if position == 0 && byte == UInt8(ascii: "-") { negative = true; continue }
+                guard byte >= 0x30 && byte <= 0x39 else {
+                    throw Rejection(.invalidTimestamp, "timestamp must be an integer number of epoch milliseconds, found \(String(decoding: text.prefix(32), as: UTF8.self))")
+                }
+                let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+                let (sum, overflow2) = times.addingReportingOverflow(Int64(byte - 0x30))
+                guard !overflow1 && !overflow2 else {
+                    throw Rejection(.timestampOutOfRange, "timestamp \(String(decoding: text.prefix(32), as: UTF8.self)) does not fit in 64 bits")
+                }
+                value = sum
+            }
+            return negative ? -value : value
+        }
+        throw Rejection(.wrongType, "timestamp must be a number or a string, found \(describeValueStart())")
+    }
+
+    private mutating func eventTypeValue(_ expected: EventKind) throws(Rejection) {
+        guard peek() == quote else {
+            throw Rejection(.wrongType, "event_type must be a string, found \(describeValueStart())")
+        }
+        let start = index + 1
+        let (end, escaped) = try scanString()
+        let value = escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+        guard value == expected.eventTypeName else {
+            throw Rejection(.wrongEventType, "event_type \"\(value.prefix(64))\" on the \(expected.eventTypeName)s topic must be \"\(expected.eventTypeName)\"")
+        }
+    }
+
+    // MARK: Generic JSON
+
+    private func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
+
+    private mutating func skipWhitespace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x09, 0x0A, 0x0D: index += 1
+            default: return
+            }
+        }
+    }
+
+    private mutating func expect(_ byte: UInt8) throws(Rejection) {
+        guard peek() == byte else {
+            throw Rejection(.notJSON, "expected '\(Character(Unicode.Scalar(byte)))' at byte \(index)")
+        }
+        index += 1
+    }
+
+    private func describeValueStart() -> String {
+        switch peek() {
+        case quote: "a string"
+        case UInt8(ascii: "{"): "an object"
+        case UInt8(ascii: "["): "an array"
+        case UInt8(ascii: "t"), UInt8(ascii: "f"): "a boolean"
+        case UInt8(ascii: "n"): "null"
+        case nil: "nothing"
+        default: "a number"
+        }
+    }
+
+    /// Skips any JSON value; `depth` is the nesting of the value's container.
+    private mutating func skipValue(depth: Int) throws(Rejection) {
+        guard let first = peek() else { throw Rejection(.notJSON, "value missing at byte \(index)") }
+        switch first {
+        case quote:
+            _ = try scanString()
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            guard depth + 1 <= maximumDepth else {
+                throw Rejection(.tooDeep, "nesting deeper than \(maximumDepth) levels at byte \(index)")
+            }
+            let isObject = first == UInt8(ascii: "{")
+            let close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            index += 1
+            skipWhitespace()
+            if peek() == close { index += 1; return }
+            while true {
+                skipWhitespace()
+                if isObject {
+                    guard peek() == quote else { throw Rejection(.notJSON, "expected a field name at byte \(index)") }
+                    _ = try scanString()
+                    skipWhitespace()
+                    try expect(UInt8(ascii: ":"))
+                    skipWhitespace()
+                }
+                try skipValue(depth: depth + 1)
+                skipWhitespace()
+                guard let next = peek() else { throw Rejection(.notJSON, "unterminated \(isObject ? "object" : "array")") }
+                index += 1
+                if next == UInt8(ascii: ",") { continue }
+                if next == close { return }
+                throw Rejection(.notJSON, "expected ',' or '\(Character(Unicode.Scalar(close)))' at byte \(index - 1)")
+            }
+        case UInt8(ascii: "t"): try literal("true")
+        case UInt8(ascii: "f"): try literal("false")
+        case UInt8(ascii: "n"): try literal("null")
+        default: try skipNumber()
+        }
+    }
+
+    private mutating func literal(_ word: StaticString) throws(Rejection) {
+        let count = word.utf8CodeUnitCount
+        guard index + count <= bytes.count,
+            Self.equals(UnsafeRawBufferPointer(rebasing: bytes[index..<index + count]), word)
+        else { throw Rejection(.notJSON, "invalid literal at byte \(index)") }
+        index += count
+    }
+
+    private mutating func skipNumber() throws(Rejection) {
+        let start = index
+        if peek() == UInt8(ascii: "-") { index += 1 }
+        guard let first = peek(), first >= 0x30 && first <= 0x39 else { throw Rejection(.notJSON, "invalid number at byte \(start)") }
+        if first == 0x30 {
+            index += 1
+        } else {
+            while let byte = peek(), byte >= 0x30 && byte <= 0x39 { index += 1 }
+        }
+        if peek() == UInt8(ascii: ".") {
+            index += 1
+            guard let byte = peek(), byte >= 0x30 && byte <= 0x39 else { throw Rejection(.notJSON, "invalid number at byte \(start)") }
+            while let byte = peek(), byte >= 0x30 && byte <= 0x39 { index += 1 }
+        }
+        if peek() == UInt8(ascii: "e") || peek() == UInt8(ascii: "E") {
+            index += 1
+            if peek() == UInt8(ascii: "+") || peek() == UInt8(ascii: "-") { index += 1 }
+            guard let byte = peek(), byte >= 0x30 && byte <= 0x39 else { throw Rejection(.notJSON, "invalid number at byte \(start)") }
+            while let byte = peek(), byte >= 0x30 && byte <= 0x39 { index += 1 }
+        }
+    }
+
+    /// Scans a string starting at the opening quote; returns the index of the closing quote
+    /// and whether it contains escapes. Validates UTF-8 and control characters.
+    private mutating func scanString() throws(Rejection) -> (end: Int, escaped: Bool) {
+        index += 1
+        var escaped = false
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == quote {
+                let end = index
+                index += 1
+                return (end, escaped)
+            }
+            if byte == backslash {
+                escaped = true
+                index += 1
+                guard let next = peek() else { break }
+                switch next {
+                case quote, backslash, UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
+                    UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    index += 1
+                case UInt8(ascii: "u"):
+                    guard index + 4 < bytes.count, (1...4).allSatisfy({ Self.hexValue(bytes[index + $0]) != nil }) else {
+                        throw Rejection(.notJSON, "invalid \\u escape at byte \(index - 1)")
+                    }
+                    index += 5
+                default:
+                    throw Rejection(.notJSON, "invalid escape at byte \(index - 1)")
+                }
+            } else if byte < 0x20 {
+                throw Rejection(.notJSON, "unescaped control character in a string at byte \(index)")
+            } else if byte < 0x80 {
+                index += 1
+            } else {
+                try skipUTF8Sequence()
+            }
+        }
+        throw Rejection(.notJSON, "unterminated string")
+    }
+
+    private mutating func skipUTF8Sequence() throws(Rejection) {
+        let lead = bytes[index]
+        let length: Int
+        var minimum: UInt32
+        var scalar: UInt32
+        switch lead {
+        case 0xC2...0xDF: length = 2; minimum = 0x80; scalar = UInt32(lead & 0x1F)
+        case 0xE0...0xEF: length = 3; minimum = 0x800; scalar = UInt32(lead & 0x0F)
+        case 0xF0...0xF4: length = 4; minimum = 0x10000; scalar = UInt32(lead & 0x07)
+        default: throw Rejection(.invalidUTF8, "invalid UTF-8 byte 0x\(String(lead, radix: 16)) at byte \(index)")
+        }
+        guard index + length <= bytes.count else { throw Rejection(.invalidUTF8, "truncated UTF-8 sequence at byte \(index)") }
+        for offset in 1..<length {
+            let continuation = bytes[index + offset]
+            guard continuation & 0xC0 == 0x80 else {
+                throw Rejection(.invalidUTF8, "invalid UTF-8 continuation byte at byte \(index + offset)")
+            }
+            scalar = scalar << 6 | UInt32(continuation & 0x3F)
+        }
+        guard scalar >= minimum, scalar <= 0x10FFFF, !(0xD800...0xDFFF).contains(scalar) else {
+            throw Rejection(.invalidUTF8, "overlong or invalid UTF-8 sequence at byte \(index)")
+        }
+        index += length
+    }
+
+    /// Decodes the (already validated) string contents between `start` and `end`.
+    private func unescape(_ start: Int, _ end: Int) throws(Rejection) -> String {
+        var scalars = String.UnicodeScalarView()
+        var utf8: [UInt8] = []
+        var position = start
+        func flush() {
+            if !utf8.isEmpty {
+                scalars.append(contentsOf: String(decoding: utf8, as: UTF8.self).unicodeScalars)
+                utf8.removeAll()
+            }
+        }
+        while position < end {
+            let byte = bytes[position]
+            guard byte == backslash else {
+                utf8.append(byte)
+                position += 1
+                continue
+            }
+            let next = bytes[position + 1]
+            position += 2
+            switch next {
+            case UInt8(ascii: "b"): utf8.append(0x08)
+            case UInt8(ascii: "f"): utf8.append(0x0C)
+            case UInt8(ascii: "n"): utf8.append(0x0A)
+            case UInt8(ascii: "r"): utf8.append(0x0D)
+            case UInt8(ascii: "t"): utf8.append(0x09)
+            case UInt8(ascii: "u"):
+                var code = hex4(at: position)
+                position += 4
+                if (0xD800...0xDBFF).contains(code) {
+                    guard position + 6 <= end, bytes[position] == backslash, bytes[position + 1] == UInt8(ascii: "u") else {
+                        throw Rejection(.invalidUTF8, "unpaired surrogate \\u\(String(code, radix: 16)) in a string")
+                    }
+                    let low = hex4(at: position + 2)
+                    guard (0xDC00...0xDFFF).contains(low) else {
+                        throw Rejection(.invalidUTF8, "unpaired surrogate \\u\(String(code, radix: 16)) in a string")
+                    }
+                    position += 6
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(code) {
+                    throw Rejection(.invalidUTF8, "unpaired surrogate \\u\(String(code, radix: 16)) in a string")
+                }
+                flush()
+                guard let scalar = Unicode.Scalar(code) else {
+                    throw Rejection(.invalidUTF8, "invalid code point \\u\(String(code, radix: 16))")
+                }
+                scalars.append(scalar)
+            default: utf8.append(next)
+            }
+        }
+        flush()
+        return String(scalars)
+    }
+
+    private func hex4(at position: Int) -> UInt32 {
+        (0..<4).reduce(UInt32(0)) { $0 << 4 | UInt32(Self.hexValue(bytes[position + $1]) ?? 0) }
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: byte - 0x30
+        case 0x41...0x46: byte - 0x41 + 10
+        case 0x61...0x66: byte - 0x61 + 10
+        default: nil
+        }
+    }
+
+    private static func equals(_ raw: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
+        guard raw.count == text.utf8CodeUnitCount else { return false }
+        guard raw.count > 0 else { return true }
+        return memcmp(raw.baseAddress!, text.utf8Start, raw.count) == 0
+    }
+}
