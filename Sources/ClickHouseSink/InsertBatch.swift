@@ -1,0 +1,184 @@
+import CTRWindows
+
+/// One row of `ctr_results_raw`, ready to write.
+public struct ResultRow: Sendable, Hashable {
+    public var productID: String
+    public var windowStart: Timestamp
+    public var windowEnd: Timestamp
+    public var totals: WindowCounts
+    public var delta: WindowCounts
+    public var revision: UInt32
+    /// Processing time of the emission.
+    public var emittedAt: Timestamp
+    /// `topic:partition` of every partition that fed the window, with the highest offset its
+    /// counts reflect (see ``WindowEmission/includedThrough``).
+    public var sources: [(name: String, offset: Int64)]
+
+    public init(
+        productID: String, windowStart: Timestamp, windowEnd: Timestamp, totals: WindowCounts, delta: WindowCounts,
+        revision: UInt32, emittedAt: Timestamp, sources: [(name: String, offset: Int64)]
+    ) {
+        self.productID = productID
+        self.windowStart = windowStart
+        self.windowEnd = windowEnd
+        self.totals = totals
+        self.delta = delta
+        self.revision = revision
+        self.emittedAt = emittedAt
+        self.sources = sources
+    }
+
+    public static func == (lhs: ResultRow, rhs: ResultRow) -> Bool {
+        lhs.productID == rhs.productID && lhs.windowStart == rhs.windowStart && lhs.windowEnd == rhs.windowEnd
+            && lhs.totals == rhs.totals && lhs.delta == rhs.delta && lhs.revision == rhs.revision
+            && lhs.emittedAt == rhs.emittedAt && lhs.sources.elementsEqual(rhs.sources, by: { $0 == $1 })
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(productID)
+        hasher.combine(windowStart)
+        hasher.combine(revision)
+    }
+}
+
+/// Rows written by one `INSERT`, encoded as `JSONEachRow`.
+///
+/// All rows of a batch fall on the same UTC day of `window_end`, so that the insert touches one
+/// partition of `ctr_results_raw` and is atomic on every ClickHouse version (an insert of fewer
+/// than `max_insert_block_size` rows into one partition is written as one part, or not at all).
+/// Every row carries the batch's ``id`` in `batch_id`, which lets a retry find out whether an
+/// earlier attempt landed.
+public struct InsertBatch: Sendable {
+    /// Unique id of the batch, also the prefix of its `query_id`s.
+    public let id: String
+    /// Sequence number in the order batches were created (used for offset commits).
+    public let sequence: UInt64
+    /// UTC day (days since the epoch) of every row's `window_end`.
+    public let day: Int64
+    public private(set) var rowCount = 0
+    public private(set) var body: [UInt8] = []
+    /// Lowest and highest `window_end` of the rows, in epoch seconds.
+    public private(set) var windowEndRange: ClosedRange<Int64>?
+
+    public init(id: String, sequence: UInt64, day: Int64) {
+        self.id = id
+        self.sequence = sequence
+        self.day = day
+    }
+
+    /// UTC day of `time` (days since 1970-01-01).
+    public static func day(of time: Timestamp) -> Int64 {
+        let milliseconds = time.milliseconds
+        return milliseconds >= 0 ? milliseconds / 86_400_000 : (milliseconds - 86_399_999) / 86_400_000
+    }
+
+    /// Appends `row`, which must fall on ``day``.
+    public mutating func append(_ row: ResultRow) {
+        precondition(Self.day(of: row.windowEnd) == day, "rows of a batch share the UTC day of window_end")
+        let end = row.windowEnd.epochSeconds
+        windowEndRange = windowEndRange.map { min($0.lowerBound, end)...max($0.upperBound, end) } ?? end...end
+        rowCount += 1
+        body.append(contentsOf: #"{"product_id":"#.utf8)
+        JSONText.appendString(row.productID, to: &body)
+        body.append(contentsOf: #","window_start":""#.utf8)
+        DateTimeText.append(row.windowStart.epochSeconds, to: &body)
+        body.append(contentsOf: #"","window_end":""#.utf8)
+        DateTimeText.append(end, to: &body)
+        body.append(contentsOf: #"","impressions":"#.utf8)
+        body.append(contentsOf: String(row.totals.impressions).utf8)
+        body.append(contentsOf: #","clicks":"#.utf8)
+        body.append(contentsOf: String(row.totals.clicks).utf8)
+        body.append(contentsOf: #","ctr":"#.utf8)
+        body.append(contentsOf: String(row.totals.clickThroughRate).utf8)
+        body.append(contentsOf: #","impressions_delta":"#.utf8)
+        body.append(contentsOf: String(row.delta.impressions).utf8)
+        body.append(contentsOf: #","clicks_delta":"#.utf8)
+        body.append(contentsOf: String(row.delta.clicks).utf8)
+        body.append(contentsOf: #","revision":"#.utf8)
+        body.append(contentsOf: String(row.revision).utf8)
+        body.append(contentsOf: #","emitted_at":""#.utf8)
+        DateTimeText.append(row.emittedAt.epochSeconds, to: &body)
+        body.append(contentsOf: #"","source_partitions":["#.utf8)
+        for (index, source) in row.sources.enumerated() {
+            if index > 0 { body.append(UInt8(ascii: ",")) }
+            JSONText.appendString(source.name, to: &body)
+        }
+        body.append(contentsOf: #"],"source_offsets":["#.utf8)
+        body.append(contentsOf: row.sources.map { String($0.offset) }.joined(separator: ",").utf8)
+        body.append(contentsOf: #"],"batch_id":"#.utf8)
+        JSONText.appendString(id, to: &body)
+        body.append(contentsOf: "}\n".utf8)
+    }
+}
+
+/// JSON string encoding.
+enum JSONText {
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    static func appendString(_ string: String, to body: inout [UInt8]) {
+        body.append(UInt8(ascii: "\""))
+        for byte in string.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): body.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): body.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case 0..<0x20:
+                body.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+                body.append(hex[Int(byte >> 4)])
+                body.append(hex[Int(byte & 0xF)])
+            default: body.append(byte)
+            }
+        }
+        body.append(UInt8(ascii: "\""))
+    }
+}
+
+/// `YYYY-MM-DD hh:mm:ss` in UTC, as ClickHouse reads `DateTime('UTC')`.
+public enum DateTimeText {
+    public static func append(_ epochSeconds: Int64, to body: inout [UInt8]) {
+        let days = epochSeconds >= 0 ? epochSeconds / 86_400 : (epochSeconds - 86_399) / 86_400
+        let secondsOfDay = epochSeconds - days * 86_400
+        let (year, month, day) = civil(fromDays: days)
+        appendDigits(year, 4, &body)
+        body.append(UInt8(ascii: "-"))
+        appendDigits(month, 2, &body)
+        body.append(UInt8(ascii: "-"))
+        appendDigits(day, 2, &body)
+        body.append(UInt8(ascii: " "))
+        appendDigits(secondsOfDay / 3600, 2, &body)
+        body.append(UInt8(ascii: ":"))
+        appendDigits(secondsOfDay / 60 % 60, 2, &body)
+        body.append(UInt8(ascii: ":"))
+        appendDigits(secondsOfDay % 60, 2, &body)
+    }
+
+    /// The text of `epochSeconds`.
+    public static func format(_ epochSeconds: Int64) -> String {
+        var bytes: [UInt8] = []
+        append(epochSeconds, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func appendDigits(_ value: Int64, _ width: Int, _ body: inout [UInt8]) {
+        var divisor: Int64 = 1
+        for _ in 1..<width { divisor *= 10 }
+        var remaining = value
+        while divisor > 0 {
+            body.append(UInt8(ascii: "0") + UInt8(remaining / divisor % 10))
+            remaining %= divisor
+            divisor /= 10
+        }
+    }
+
+    /// Howard Hinnant's `civil_from_days`.
+    static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+}

@@ -1,0 +1,261 @@
+import CRdKafka
+
+/// A partition of a topic.
+public struct TopicPartition: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var topic: String
+    public var partition: Int32
+
+    public init(topic: String, partition: Int32) {
+        self.topic = topic
+        self.partition = partition
+    }
+
+    public static func < (lhs: TopicPartition, rhs: TopicPartition) -> Bool {
+        (lhs.topic, lhs.partition) < (rhs.topic, rhs.partition)
+    }
+
+    /// `topic:partition`, as stored in `ctr_results_raw.source_partitions`.
+    public var description: String { "\(topic):\(partition)" }
+}
+
+/// A change of the partitions this consumer owns in its group.
+public enum RebalanceEvent: Sendable, Equatable {
+    /// The group gave these partitions to this consumer. Consumption starts at their
+    /// committed offsets (or the earliest offset) once the handler returns.
+    case assigned([TopicPartition])
+    /// The group takes these partitions away. Consumption stops once the handler returns;
+    /// commit anything that should be committed before returning.
+    case revoked([TopicPartition])
+}
+
+/// A message as read from Kafka, valid only during the callback that receives it.
+public struct KafkaMessage {
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    public var payload: UnsafeRawBufferPointer
+    public var key: UnsafeRawBufferPointer
+}
+
+/// A consumer in a consumer group with manual offset commits, over librdkafka.
+///
+/// Not thread-safe: one thread polls, and rebalance handlers and commits run on that thread
+/// (librdkafka calls the rebalance handler from inside ``poll(maxMessages:timeout:_:)``).
+public final class KafkaConsumer {
+    private final class Callbacks {
+        let onRebalance: (RebalanceEvent) -> Void
+        let onError: (KafkaError) -> Void
+        init(onRebalance: @escaping (RebalanceEvent) -> Void, onError: @escaping (KafkaError) -> Void) {
+            self.onRebalance = onRebalance
+            self.onError = onError
+        }
+    }
+
+    private let handle: OpaquePointer
+    private let queue: OpaquePointer
+    private let callbacks: Callbacks
+    private var topicNames: [OpaquePointer: String] = [:]
+    private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
+    private var closed = false
+
+    /// Properties applied unless the configuration sets them: manual commits, start from the
+    /// earliest offset, range assignment (partition N of every topic goes to the same member,
+    /// so co-partitioned topics stay together), and pre-fetch settings that keep a busy
+    /// consumer fed (librdkafka 2.0's defaults starve it).
+    public static let defaultProperties: [String: String] = [
+        "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "queued.min.messages": "1000000",
+        "session.timeout.ms": "10000",
+        "heartbeat.interval.ms": "1000",
+    ]
+
+    /// Creates the consumer and subscribes to `topics`.
+    ///
+    /// - Parameters:
+    ///   - onRebalance: called on the polling thread when partitions are assigned or revoked.
+    ///   - onError: called on the polling thread for client-level errors (broker down, ...);
+    ///     librdkafka keeps retrying by itself.
+    public init(
+        configuration: KafkaConfiguration,
+        topics: [String],
+        maxBatch: Int = 10_000,
+        onRebalance: @escaping (RebalanceEvent) -> Void,
+        onError: @escaping (KafkaError) -> Void
+    ) throws(KafkaError) {
+        var properties = Self.defaultProperties
+        properties.merge(configuration.properties) { _, new in new }
+        let conf = try KafkaConfiguration(properties).makeNativeConfiguration()
+        let callbacks = Callbacks(onRebalance: onRebalance, onError: onError)
+        rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
+        rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
+            let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
+            let list = KafkaConsumer.topicPartitions(partitions)
+            switch error {
+            case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+                callbacks.onRebalance(.assigned(list))
+                rd_kafka_assign(handle, partitions)
+            default:
+                callbacks.onRebalance(.revoked(list))
+                rd_kafka_assign(handle, nil)
+            }
+        }
+        rd_kafka_conf_set_error_cb(conf) { _, code, reason, opaque in
+            let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
+            callbacks.onError(KafkaError(code: code, message: reason.map { String(cString: $0) } ?? "unknown error"))
+        }
+        var errorBuffer = [CChar](repeating: 0, count: 512)
+        guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorBuffer, errorBuffer.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create the Kafka consumer: \(Self.string(errorBuffer))")
+        }
+        rd_kafka_poll_set_consumer(handle)
+        self.handle = handle
+        self.queue = rd_kafka_queue_get_consumer(handle)
+        self.callbacks = callbacks
+        self.messages = Array(repeating: nil, count: maxBatch)
+
+        let subscription = rd_kafka_topic_partition_list_new(Int32(topics.count))
+        defer { rd_kafka_topic_partition_list_destroy(subscription) }
+        for topic in topics {
+            rd_kafka_topic_partition_list_add(subscription, topic, RD_KAFKA_PARTITION_UA)
+        }
+        let error = rd_kafka_subscribe(handle, subscription)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            rd_kafka_queue_destroy(queue)
+            rd_kafka_destroy(handle)
+            throw KafkaError(error, context: "cannot subscribe to \(topics.joined(separator: ", "))")
+        }
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Waits up to `timeout` for messages and hands each one to `handle`, in offset order per
+    /// partition. Returns the number of messages handed over. Errors on individual messages
+    /// (e.g. a partition that became unavailable) go to the `onError` handler.
+    @discardableResult
+    public func poll(maxMessages: Int, timeout: Duration, _ handle: (KafkaMessage) -> Void) -> Int {
+        let count = min(maxMessages, messages.count)
+        let received = messages.withUnsafeMutableBufferPointer { buffer in
+            rd_kafka_consume_batch_queue(queue, Int32(Self.milliseconds(timeout)), buffer.baseAddress, count)
+        }
+        guard received > 0 else { return 0 }
+        var delivered = 0
+        for index in 0..<received {
+            guard let message = messages[index] else { continue }
+            defer { rd_kafka_message_destroy(message) }
+            let value = message.pointee
+            guard value.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                if value.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                    callbacks.onError(KafkaError(value.err, context: "consume error"))
+                }
+                continue
+            }
+            handle(
+                KafkaMessage(
+                    topic: topicName(value.rkt),
+                    partition: value.partition,
+                    offset: value.offset,
+                    payload: UnsafeRawBufferPointer(start: value.payload, count: value.len),
+                    key: UnsafeRawBufferPointer(start: value.key, count: value.key_len)
+                )
+            )
+            delivered += 1
+        }
+        return delivered
+    }
+
+    private func topicName(_ topic: OpaquePointer?) -> String {
+        guard let topic else { return "" }
+        if let name = topicNames[topic] { return name }
+        let name = String(cString: rd_kafka_topic_name(topic))
+        topicNames[topic] = name
+        return name
+    }
+
+    /// Commits `offsets` (the next offset to consume, per partition) synchronously.
+    public func commit(_ offsets: [TopicPartition: Int64]) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        let list = Self.makeList(offsets.keys.sorted()) { offsets[$0]! }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = rd_kafka_commit(handle, list, 0)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR__NO_OFFSET else {
+            throw KafkaError(error, context: "offset commit failed")
+        }
+    }
+
+    /// The committed offsets of `partitions` (absent when none is committed).
+    public func committedOffsets(_ partitions: [TopicPartition], timeout: Duration) throws(KafkaError) -> [TopicPartition: Int64] {
+        let list = Self.makeList(partitions) { _ in Int64(RD_KAFKA_OFFSET_INVALID) }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = rd_kafka_committed(handle, list, Int32(Self.milliseconds(timeout)))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, context: "cannot read committed offsets") }
+        var result: [TopicPartition: Int64] = [:]
+        for element in UnsafeBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt)) where element.offset >= 0 {
+            result[TopicPartition(topic: String(cString: element.topic), partition: element.partition)] = element.offset
+        }
+        return result
+    }
+
+    /// The high watermark (offset of the next message to be produced) of `partition`, from
+    /// the last fetch; `nil` if unknown.
+    public func highWatermark(_ partition: TopicPartition) -> Int64? {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        let error = rd_kafka_get_watermark_offsets(handle, partition.topic, partition.partition, &low, &high)
+        return error == RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 ? high : nil
+    }
+
+    /// Stops fetching `partitions` (the group membership stays alive while polling continues).
+    public func pause(_ partitions: [TopicPartition]) {
+        let list = Self.makeList(partitions) { _ in 0 }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        rd_kafka_pause_partitions(handle, list)
+    }
+
+    /// Resumes fetching `partitions`.
+    public func resume(_ partitions: [TopicPartition]) {
+        let list = Self.makeList(partitions) { _ in 0 }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        rd_kafka_resume_partitions(handle, list)
+    }
+
+    /// Leaves the group (revoking the assignment through the rebalance handler) and releases
+    /// the client.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        rd_kafka_consumer_close(handle)
+        rd_kafka_queue_destroy(queue)
+        rd_kafka_destroy(handle)
+    }
+
+    private static func makeList(_ partitions: [TopicPartition], offset: (TopicPartition) -> Int64) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
+        let list = rd_kafka_topic_partition_list_new(Int32(max(partitions.count, 1)))!
+        for partition in partitions {
+            let element = rd_kafka_topic_partition_list_add(list, partition.topic, partition.partition)!
+            element.pointee.offset = offset(partition)
+        }
+        return list
+    }
+
+    private static func topicPartitions(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> [TopicPartition] {
+        guard let list else { return [] }
+        return UnsafeBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
+            .map { TopicPartition(topic: String(cString: $0.topic), partition: $0.partition) }
+            .sorted()
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Int {
+        let (seconds, attoseconds) = duration.components
+        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+
+    private static func string(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
