@@ -1,1 +1,242 @@
-print("not yet implemented")
+import ArgumentParser
+import ClickHouseHTTP
+import ClickHouseSink
+import CTRPipeline
+import CTRWindows
+import Dispatch
+import Foundation
+import Ingest
+import Logging
+import Yams
+
+/// Settings resolve as: command-line flag, then `CTR_*` environment variable, then the YAML
+/// configuration file (keys are the flag names without dashes prefix, e.g. `clickhouse-url`),
+/// then the default.
+struct AggregatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctr-aggregator",
+        abstract: "Consume impressions and clicks from Kafka, count them in event-time windows, write CTR rows to ClickHouse.",
+        discussion: """
+            Every option also reads the environment variable CTR_<NAME> (e.g. --clickhouse-url: CTR_CLICKHOUSE_URL) \
+            and the key <name> of the YAML file given with --config (e.g. clickhouse-url: http://...). \
+            Precedence: flag > environment > file > default.
+            ClickHouse credentials come only from CLICKHOUSE_USER and CLICKHOUSE_PASSWORD or --clickhouse-password-file \
+            (CLICKHOUSE_PASSWORD_FILE), never from a flag.
+            """
+    )
+
+    @Option(help: "YAML configuration file. (env: CTR_CONFIG)") var config: String?
+    @Option(help: "Kafka bootstrap servers. (default: localhost:9092)") var brokers: String?
+    @Option(help: "Consumer group id. (default: ctr-aggregator)") var groupId: String?
+    @Option(help: "Impressions topic. (default: impressions)") var impressionsTopic: String?
+    @Option(help: "Clicks topic. (default: clicks)") var clicksTopic: String?
+    @Option(help: "Dead-letter topic for refused and too-late messages. (default: ctr-dlq)") var dlqTopic: String?
+    @Option(help: "Extra librdkafka property KEY=VALUE, e.g. security.protocol=SASL_SSL; repeatable. (env: CTR_KAFKA_PROPERTIES, comma-separated)")
+    var kafkaProperty: [String] = []
+    @Option(help: "ClickHouse HTTP(S) URL. (default: http://127.0.0.1:8123)") var clickhouseUrl: String?
+    @Option(help: "ClickHouse database. (default: default)") var database: String?
+    @Option(help: "File holding the ClickHouse password.") var clickhousePasswordFile: String?
+    @Option(help: "CA certificates (PEM) for HTTPS to ClickHouse.") var clickhouseCaFile: String?
+    @Option(help: "Window size in milliseconds, whole seconds. (default: 10000)") var windowSizeMs: Int64?
+    @Option(help: "Bounded out-of-orderness in milliseconds. (default: 2000)") var outOfOrdernessMs: Int64?
+    @Option(help: "Allowed lateness in milliseconds. (default: 5000)") var allowedLatenessMs: Int64?
+    @Option(help: "Processing time after which a silent partition stops holding the watermark, ms. (default: 30000)") var idleTimeoutMs: Int64?
+    @Option(help: "Largest accepted message value in bytes. (default: 65536)") var maxMessageBytes: Int?
+    @Option(help: "Earliest accepted event time, epoch ms. (default: 946684800000 = 2000-01-01)") var minTimestampMs: Int64?
+    @Option(help: "Latest accepted event time, epoch ms. (default: 4102444800000 = 2100-01-01)") var maxTimestampMs: Int64?
+    @Option(help: "Rows per insert batch. (default: 50000)") var batchMaxRows: Int?
+    @Option(help: "Longest wait before a batch is sent, ms. (default: 250)") var batchMaxDelayMs: Int?
+    @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: 1000000)") var bufferMaxRows: Int?
+    @Option(help: "First retry delay, ms. (default: 100)") var retryInitialMs: Int?
+    @Option(help: "Backoff multiplier. (default: 2)") var retryMultiplier: Double?
+    @Option(help: "Longest retry delay, ms. (default: 10000)") var retryMaxMs: Int?
+    @Option(help: "Attempts before giving up, 0 = retry forever. (default: 0)") var retryMaxAttempts: Int?
+    @Option(help: "ClickHouse request timeout, ms. (default: 30000)") var requestTimeoutMs: Int?
+    @Option(help: "Offset commit interval, ms. (default: 1000)") var commitIntervalMs: Int?
+    @Option(help: "Port for /metrics, /health and /ready; 0 disables. (default: 9464)") var metricsPort: Int?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error. (default: info)") var logLevel: String?
+    @Option(help: "Log format: text or json. (default: text)") var logFormat: String?
+
+    func run() throws {
+        var settings = try Settings(configFile: config ?? ProcessInfo.processInfo.environment["CTR_CONFIG"])
+        let logger = makeLogger(format: settings.string("log-format", logFormat, default: "text"), level: settings.string("log-level", logLevel, default: "info"))
+        var kafka = KafkaConfiguration(["bootstrap.servers": settings.string("brokers", brokers, default: "localhost:9092")])
+        for property in kafkaProperty + settings.list("kafka-properties") {
+            let parts = property.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { throw ValidationError("--kafka-property expects KEY=VALUE, got \(property)") }
+            kafka[String(parts[0])] = String(parts[1])
+        }
+        let timeout = Duration.milliseconds(try settings.int("request-timeout-ms", requestTimeoutMs, default: 30_000))
+        let endpoint = ClickHouseEndpoint(
+            url: settings.string("clickhouse-url", clickhouseUrl, default: "http://127.0.0.1:8123"),
+            database: settings.string("database", database, default: "default"),
+            credentials: try ClickHouseCredentials.fromEnvironment(passwordFile: settings.optional("clickhouse-password-file", clickhousePasswordFile)),
+            caFile: settings.optional("clickhouse-ca-file", clickhouseCaFile),
+            requestTimeout: timeout
+        )
+        let maxAttempts = try settings.int("retry-max-attempts", retryMaxAttempts, default: 0)
+        let configuration = AggregatorConfiguration(
+            kafka: kafka,
+            groupID: settings.string("group-id", groupId, default: "ctr-aggregator"),
+            impressionsTopic: settings.string("impressions-topic", impressionsTopic, default: "impressions"),
+            clicksTopic: settings.string("clicks-topic", clicksTopic, default: "clicks"),
+            deadLetterTopic: settings.string("dlq-topic", dlqTopic, default: "ctr-dlq"),
+            clickHouse: endpoint,
+            windows: WindowConfiguration(
+                windowSize: Milliseconds(try settings.int64("window-size-ms", windowSizeMs, default: 10_000)),
+                outOfOrderness: Milliseconds(try settings.int64("out-of-orderness-ms", outOfOrdernessMs, default: 2_000)),
+                allowedLateness: Milliseconds(try settings.int64("allowed-lateness-ms", allowedLatenessMs, default: 5_000)),
+                idleTimeout: Milliseconds(try settings.int64("idle-timeout-ms", idleTimeoutMs, default: 30_000))
+            ),
+            decoder: EventDecoder(
+                maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: 65_536),
+                timestampRange: try settings.int64("min-timestamp-ms", minTimestampMs, default: EventDecoder.defaultTimestampRange.lowerBound)
+                    ... settings.int64("max-timestamp-ms", maxTimestampMs, default: EventDecoder.defaultTimestampRange.upperBound)
+            ),
+            batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: 50_000),
+            batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: 250)),
+            bufferMaxRows: try settings.int("buffer-max-rows", bufferMaxRows, default: 1_000_000),
+            retry: RetryPolicy(
+                initialDelay: .milliseconds(try settings.int("retry-initial-ms", retryInitialMs, default: 100)),
+                multiplier: try settings.double("retry-multiplier", retryMultiplier, default: 2),
+                maximumDelay: .milliseconds(try settings.int("retry-max-ms", retryMaxMs, default: 10_000)),
+                maximumAttempts: maxAttempts > 0 ? maxAttempts : nil
+            ),
+            commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000))
+        )
+        try settings.rejectUnknownKeys()
+
+        let pipeline = AggregatorPipeline(configuration: configuration, logger: logger)
+        let port = try settings.int("metrics-port", metricsPort, default: 9464)
+        if port > 0 {
+            let server = try MetricsServer(port: port, metrics: pipeline.metrics)
+            server.start()
+            logger.info("serving metrics", metadata: ["url": "http://0.0.0.0:\(server.port)/metrics"])
+        }
+        let signals = [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                logger.info("signal received, stopping", metadata: ["signal": "\(number)"])
+                pipeline.stop()
+            }
+            source.resume()
+            return source
+        }
+        defer { signals.forEach { $0.cancel() } }
+        do {
+            try pipeline.run()
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    private func makeLogger(format: String, level: String) -> Logger {
+        let json = format.lowercased() == "json"
+        LoggingSystem.bootstrap { label in
+            json ? JSONLogHandler(label: label) as any LogHandler : StreamLogHandler.standardError(label: label)
+        }
+        var logger = Logger(label: "ctr-aggregator")
+        logger.logLevel = Logger.Level(rawValue: level.lowercased()) ?? .info
+        return logger
+    }
+}
+
+/// Resolves settings from flags, `CTR_*` environment variables and the YAML file.
+struct Settings {
+    private var file: [String: String] = [:]
+    private var used: Set<String> = ["log-format", "log-level", "kafka-properties"]
+    private let environment = ProcessInfo.processInfo.environment
+    private let configFile: String?
+
+    init(configFile: String?) throws {
+        self.configFile = configFile
+        guard let configFile else { return }
+        guard let text = try? String(contentsOfFile: configFile, encoding: .utf8) else {
+            throw ValidationError("cannot read the configuration file \(configFile)")
+        }
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch {
+            throw ValidationError("the configuration file \(configFile) is not valid YAML: \(error)")
+        }
+        guard let mapping = node?.mapping else {
+            if node == nil { return }
+            throw ValidationError("the configuration file \(configFile) must be a mapping of option names to values")
+        }
+        for (key, value) in mapping {
+            guard let name = key.string else { continue }
+            if let sequence = value.sequence {
+                file[name] = sequence.compactMap(\.string).joined(separator: ",")
+            } else {
+                file[name] = value.string ?? ""
+            }
+        }
+    }
+
+    private static func environmentName(_ key: String) -> String {
+        "CTR_" + key.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    mutating func optional(_ key: String, _ flag: String?) -> String? {
+        used.insert(key)
+        return flag ?? environment[Self.environmentName(key)] ?? file[key]
+    }
+
+    mutating func string(_ key: String, _ flag: String?, default value: String) -> String {
+        optional(key, flag) ?? value
+    }
+
+    mutating func list(_ key: String) -> [String] {
+        (optional(key, nil) ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    private mutating func parsed<T>(_ key: String, _ flag: T?, default value: T, _ parse: (String) -> T?) throws -> T {
+        if let flag { used.insert(key); return flag }
+        guard let text = optional(key, nil) else { return value }
+        guard let parsedValue = parse(text) else {
+            throw ValidationError("\(key) must be a number, got '\(text)' (from \(environment[Self.environmentName(key)] != nil ? Self.environmentName(key) : configFile ?? "?"))")
+        }
+        return parsedValue
+    }
+
+    mutating func int(_ key: String, _ flag: Int?, default value: Int) throws -> Int { try parsed(key, flag, default: value) { Int($0) } }
+    mutating func int64(_ key: String, _ flag: Int64?, default value: Int64) throws -> Int64 { try parsed(key, flag, default: value) { Int64($0) } }
+    mutating func double(_ key: String, _ flag: Double?, default value: Double) throws -> Double { try parsed(key, flag, default: value) { Double($0) } }
+
+    func rejectUnknownKeys() throws {
+        let unknown = Set(file.keys).subtracting(used)
+        guard unknown.isEmpty else {
+            throw ValidationError(
+                "unknown setting(s) \(unknown.sorted().joined(separator: ", ")) in \(configFile ?? "the configuration file"); see ctr-aggregator --help"
+            )
+        }
+    }
+}
+
+/// One JSON object per log line on standard error.
+struct JSONLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var object: [String: String] = [
+            "ts": ISO8601DateFormatter().string(from: Date()), "level": event.level.rawValue, "logger": label,
+            "message": event.message.description,
+        ]
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[key] = value.description }
+        if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+            FileHandle.standardError.write(data + Data("\n".utf8))
+        }
+    }
+}
+
+AggregatorCommand.main()

@@ -1,0 +1,70 @@
+import ClickHouseHTTP
+import ClickHouseSink
+import CTRWindows
+import Ingest
+
+/// Everything `ctr-aggregator` needs to run; the executable fills it from flags, environment
+/// and the configuration file.
+public struct AggregatorConfiguration: Sendable {
+    /// librdkafka properties of the consumer and the dead-letter producer, including
+    /// `bootstrap.servers` and any SASL/SSL settings.
+    public var kafka: KafkaConfiguration
+    public var groupID: String
+    public var impressionsTopic: String
+    public var clicksTopic: String
+    public var deadLetterTopic: String
+    public var clickHouse: ClickHouseEndpoint
+    public var table: String
+    public var windows: WindowConfiguration
+    public var decoder: EventDecoder
+    /// Rows that make a batch full.
+    public var batchMaxRows: Int
+    /// Longest time a row waits in an open batch.
+    public var batchMaxDelay: Duration
+    /// Rows buffered towards ClickHouse above which consuming pauses (bounded memory while
+    /// ClickHouse is slow or down); it resumes below half of it.
+    public var bufferMaxRows: Int
+    public var retry: RetryPolicy
+    /// How often consumed offsets are committed (when they moved).
+    public var commitInterval: Duration
+    /// Largest number of messages handled per poll.
+    public var pollBatchSize: Int
+    /// How often a summary line is logged.
+    public var statusInterval: Duration
+
+    public init(
+        kafka: KafkaConfiguration,
+        groupID: String = "ctr-aggregator",
+        impressionsTopic: String = "impressions",
+        clicksTopic: String = "clicks",
+        deadLetterTopic: String = "ctr-dlq",
+        clickHouse: ClickHouseEndpoint,
+        table: String = "ctr_results_raw",
+        windows: WindowConfiguration = WindowConfiguration(),
+        decoder: EventDecoder = EventDecoder(),
+        batchMaxRows: Int = 50_000,
+        batchMaxDelay: Duration = .milliseconds(250),
+        bufferMaxRows: Int = 1_000_000,
+        retry: RetryPolicy = RetryPolicy(),
+        commitInterval: Duration = .seconds(1),
+        pollBatchSize: Int = 10_000,
+        statusInterval: Duration = .seconds(10)
+    ) {
+        self.kafka = kafka
+        self.groupID = groupID
+        self.impressionsTopic = impressionsTopic
+        self.clicksTopic = clicksTopic
+        self.deadLetterTopic = deadLetterTopic
+        self.clickHouse = clickHouse
+        self.table = table
+        self.windows = windows
+        self.decoder = decoder
+        self.batchMaxRows = batchMaxRows
+        self.batchMaxDelay = batchMaxDelay
+        self.bufferMaxRows = bufferMaxRows
+        self.retry = retry
+        self.commitInterval = commitInterval
+        self.pollBatchSize = pollBatchSize
+        self.statusInterval = statusInterval
+    }
+}
