@@ -1,0 +1,35 @@
+import CTRWindows
+import Testing
+
+@testable import ClickHouseSink
+
+@Suite struct InsertBatchTests {
+    @Test func formatsUTCDateTimes() {
+        #expect(DateTimeText.format(0) == "1970-01-01 00:00:00")
+        #expect(DateTimeText.format(1_700_000_000) == "2023-11-14 22:13:20")
+        #expect(DateTimeText.format(951_782_400) == "2000-02-29 00:00:00")
+        #expect(DateTimeText.format(-1) == "1969-12-31 23:59:59")
+    }
+
+    @Test func daysFollowWindowEnd() {
+        #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_400_000)) == 1)
+        #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_399_999)) == 0)
+    }
+
+    @Test func encodesRowsAsJSONEachRow() {
+        var batch = InsertBatch(id: "b-1", sequence: 0, day: InsertBatch.day(of: Timestamp(milliseconds: 1_700_000_010_000)))
+        batch.append(
+            ResultRow(
+                productID: "a\"b\\c\n", windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: Timestamp(milliseconds: 1_700_000_010_000),
+                totals: WindowCounts(impressions: 4, clicks: 1), delta: WindowCounts(impressions: 1, clicks: 0), revision: 2,
+                emittedAt: Timestamp(milliseconds: 1_700_000_020_500), sources: [(name: "impressions:0", offset: 7)]
+            )
+        )
+        let text = String(decoding: batch.body, as: UTF8.self)
+        #expect(
+            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","source_partitions":["impressions:0"],"source_offsets":[7],"batch_id":"b-1"}"# + "\n"
+        )
+        #expect(batch.rowCount == 1)
+        #expect(batch.windowEndRange == 1_700_000_010...1_700_000_010)
+    }
+}
