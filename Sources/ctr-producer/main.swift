@@ -1,1 +1,202 @@
-print("not yet implemented")
+import ArgumentParser
+import CTRWindows
+import Foundation
+import Synchronization
+import Ingest
+import TrafficGenerator
+
+/// Options shared by the traffic sources.
+struct KafkaOptions: ParsableArguments {
+    @Option(help: "Kafka bootstrap servers. (env: CTR_BROKERS)") var brokers: String?
+    @Option(help: "Read the bootstrap servers from this file (as written by ctr-dev-broker).") var bootstrapFile: String?
+    @Option(help: "Impressions topic.") var impressionsTopic = "impressions"
+    @Option(help: "Clicks topic.") var clicksTopic = "clicks"
+    @Option(help: "Extra librdkafka property KEY=VALUE; repeatable.") var kafkaProperty: [String] = []
+
+    func configuration() throws -> KafkaConfiguration {
+        var servers = brokers ?? ProcessInfo.processInfo.environment["CTR_BROKERS"]
+        if let bootstrapFile {
+            guard let text = try? String(contentsOfFile: bootstrapFile, encoding: .utf8) else {
+                throw ValidationError("cannot read --bootstrap-file \(bootstrapFile)")
+            }
+            servers = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        var configuration = KafkaConfiguration(["bootstrap.servers": servers ?? "localhost:9092"])
+        for property in kafkaProperty {
+            let parts = property.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { throw ValidationError("--kafka-property expects KEY=VALUE, got \(property)") }
+            configuration[String(parts[0])] = String(parts[1])
+        }
+        return configuration
+    }
+
+    func topicName(_ topic: InputTopic) -> String { topic == .impressions ? impressionsTopic : clicksTopic }
+}
+
+/// Window rules the truth file and the final watermark events follow (the aggregator's).
+struct WindowOptions: ParsableArguments {
+    @Option(help: "Window size of the truth file, ms.") var windowMs: Int64 = 10_000
+    @Option(help: "Aggregator out-of-orderness, ms (for the final watermark events).") var outOfOrdernessMs: Int64 = 2_000
+    @Option(help: "Aggregator allowed lateness, ms (for the final watermark events).") var allowedLatenessMs: Int64 = 5_000
+    @Option(help: "Write the exact expected counts per (product, window) to this JSON file.") var truthFile: String?
+    @Flag(help: "Do not send the events that move every partition's watermark past the stream's windows.") var noFinalWatermark = false
+}
+
+/// Publishes messages with progress on stderr, and the truth file at the end.
+struct Publisher {
+    let producer: KafkaProducer
+    let kafka: KafkaOptions
+    var truth: Truth
+    var sent = 0
+    let started = ContinuousClock.now
+    var lastProgress = ContinuousClock.now
+
+    init(kafka: KafkaOptions, windows: WindowOptions) throws {
+        producer = try KafkaProducer(configuration: try kafka.configuration())
+        self.kafka = kafka
+        truth = Truth(windowSize: Milliseconds(windows.windowMs))
+    }
+
+    mutating func send(_ message: GeneratedMessage, partition: Int32? = nil) throws {
+        try producer.send(topic: kafka.topicName(message.topic), partition: partition, key: message.key, value: message.value)
+        truth.record(message)
+        sent += 1
+        if sent % 1024 == 0 {
+            producer.poll()
+            if ContinuousClock.now - lastProgress >= .seconds(1) {
+                lastProgress = .now
+                progress()
+            }
+        }
+    }
+
+    func progress(final: Bool = false) {
+        let elapsed = ContinuousClock.now - started
+        let seconds = max(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, 1e-9)
+        let line = "\(final ? "done: " : "")sent \(sent) messages in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / seconds)) msg/s)"
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+
+    /// Sends one event per partition of both topics far enough ahead that every partition's
+    /// watermark passes every window of the stream; returns the resulting watermark.
+    mutating func sendFinalWatermark(_ windows: WindowOptions, products: Int) throws -> Timestamp? {
+        guard !windows.noFinalWatermark, truth.maxEventTime > .min else { return nil }
+        let time = Timestamp(milliseconds: truth.maxEventTime + windows.windowMs + windows.outOfOrdernessMs + windows.allowedLatenessMs + 1_000)
+        var eventID: UInt64 = 1 << 62
+        for topic in InputTopic.allCases {
+            let partitions = try producer.partitionCount(topic: kafka.topicName(topic), timeout: .seconds(10))
+            for partition in 0..<partitions {
+                eventID += 1
+                try send(TrafficGenerator.event(product: partition % max(products, 1), timestamp: time, topic: topic, eventID: eventID), partition: Int32(partition))
+            }
+        }
+        return time - Milliseconds(windows.outOfOrdernessMs)
+    }
+
+    mutating func finish(_ windows: WindowOptions, finalWatermark: Timestamp?) throws {
+        try producer.flush(timeout: .seconds(120))
+        progress(final: true)
+        if let truthFile = windows.truthFile {
+            try Data(truth.json(finalWatermark: finalWatermark)).write(to: URL(fileURLWithPath: truthFile))
+        }
+        let counted = truth.counts.values.reduce(into: (0 as UInt64, 0 as UInt64)) { $0.0 += $1.impressions; $0.1 += $1.clicks }
+        print(
+            "sent impressions=\(truth.sent[.impressions] ?? 0) clicks=\(truth.sent[.clicks] ?? 0) counted_impressions=\(counted.0) counted_clicks=\(counted.1) "
+                + "too_late=\(truth.tooLate) invalid=\(truth.invalid.values.reduce(0, +)) windows=\(truth.counts.count)"
+        )
+    }
+}
+
+struct ProducerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctr-producer",
+        abstract: "Publish realistic impression and click traffic to Kafka.",
+        subcommands: [Synthetic.self],
+        defaultSubcommand: Synthetic.self
+    )
+}
+
+struct Synthetic: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate a deterministic synthetic stream (the default).",
+        discussion: """
+            Event time starts at --start-time-ms (default: now) and advances at --event-rate events/s \
+            (default: --rate, or 10000 when sending as fast as possible). The same --seed and --start-time-ms \
+            give the same messages.
+            """
+    )
+
+    @OptionGroup var kafka: KafkaOptions
+    @OptionGroup var windows: WindowOptions
+    @Option(help: "Number of products.") var products = 1_000
+    @Option(help: "Mean click-through rate.") var meanCtr = 0.04
+    @Option(help: "Messages per second of wall-clock time; 0 sends as fast as possible.") var rate: Double = 1_000
+    @Option(help: "Events per second of event time.") var eventRate: Double?
+    @Option(help: "Stop after this many messages.") var count: Int?
+    @Option(help: "Stop after this many seconds of wall-clock time.") var duration: Double?
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Option(help: "Event time of the first event, epoch ms. (default: now)") var startTimeMs: Int64?
+    @Option(help: "Bounded event-time disorder, ms.") var disorderMs: Int64 = 1_000
+    @Option(help: "Fraction of late events (2-6 s behind, still counted).") var lateFraction = 0.0
+    @Option(help: "Fraction of too-late events (refused by the aggregator).") var tooLateFraction = 0.0
+    @Option(help: "How far behind the stream too-late events are (up to 1.5 times this), ms.") var tooLateLagMs: Int64 = 120_000
+    @Option(help: "Fraction of invalid messages.") var invalidFraction = 0.0
+
+    func validate() throws {
+        guard count != nil || duration != nil else { throw ValidationError("give --count or --duration") }
+        guard products > 0 else { throw ValidationError("--products must be positive") }
+        guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
+    }
+
+    func run() throws {
+        let start = startTimeMs ?? Int64(Date().timeIntervalSince1970 * 1000)
+        var generator = TrafficGenerator(
+            configuration: TrafficConfiguration(
+                products: products, meanCTR: meanCtr, seed: seed, startTime: Timestamp(milliseconds: start),
+                eventRate: eventRate ?? (rate > 0 ? rate : 10_000), disorder: Milliseconds(disorderMs), lateFraction: lateFraction,
+                tooLateFraction: tooLateFraction, tooLateLag: Milliseconds(tooLateLagMs), invalidFraction: invalidFraction
+            )
+        )
+        var publisher = try Publisher(kafka: kafka, windows: windows)
+        let began = ContinuousClock.now
+        var stop = false
+        let interrupted = installInterruptHandler()
+        while !stop, let message = generator.next() {
+            try publisher.send(message)
+            if let count, publisher.sent >= count { stop = true }
+            if publisher.sent % 256 == 0 {
+                let elapsed = ContinuousClock.now - began
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                if let duration, seconds >= duration { stop = true }
+                if interrupted() { stop = true }
+                if rate > 0 {
+                    let ahead = Double(publisher.sent) / rate - seconds
+                    if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
+                }
+            }
+        }
+        let watermark = try publisher.sendFinalWatermark(windows, products: products)
+        try publisher.finish(windows, finalWatermark: watermark)
+    }
+}
+
+/// SIGINT/SIGTERM stop the stream cleanly (final watermark, truth file); returns a check.
+func installInterruptHandler() -> @Sendable () -> Bool {
+    let flag = Flag()
+    for number in [SIGINT, SIGTERM] {
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { flag.raised.store(true, ordering: .relaxed) }
+        source.resume()
+        signalSources.append(source)
+    }
+    return { flag.raised.load(ordering: .relaxed) }
+}
+
+final class Flag: Sendable {
+    let raised = Atomic<Bool>(false)
+}
+
+nonisolated(unsafe) var signalSources: [any DispatchSourceSignal] = []
+
+ProducerCommand.main()

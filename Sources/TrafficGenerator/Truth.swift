@@ -1,0 +1,65 @@
+import CTRWindows
+
+/// The exact counts the aggregator must produce for the messages sent, per (product, window),
+/// written as the producer's `--truth-file`.
+public struct Truth: Sendable {
+    public struct Key: Hashable, Sendable, Comparable {
+        public var product: Int
+        public var windowStart: Int64
+        public static func < (lhs: Key, rhs: Key) -> Bool { (lhs.windowStart, lhs.product) < (rhs.windowStart, rhs.product) }
+    }
+
+    public let assigner: WindowAssigner
+    public private(set) var counts: [Key: WindowCounts] = [:]
+    public private(set) var sent: [InputTopic: Int] = [:]
+    public private(set) var tooLate = 0
+    public private(set) var invalid: [String: Int] = [:]
+    public private(set) var maxEventTime: Int64 = .min
+
+    public init(windowSize: Milliseconds) {
+        assigner = WindowAssigner(size: windowSize)
+    }
+
+    /// Records a message that was delivered.
+    public mutating func record(_ message: GeneratedMessage) {
+        sent[message.topic, default: 0] += 1
+        switch message.expectation {
+        case .counted(let product, let timestamp):
+            let key = Key(product: product, windowStart: assigner.windowStart(for: timestamp).milliseconds)
+            var value = counts[key] ?? WindowCounts()
+            if message.topic == .impressions { value.impressions += 1 } else { value.clicks += 1 }
+            counts[key] = value
+            maxEventTime = max(maxEventTime, timestamp.milliseconds)
+        case .tooLate:
+            tooLate += 1
+        case .invalid(let kind):
+            invalid[kind, default: 0] += 1
+        }
+    }
+
+    /// The truth as JSON. Windows ending after `finalWatermark` are marked `"open": true`: the
+    /// aggregator's watermark does not pass them, so they are not expected in ClickHouse yet.
+    public func json(finalWatermark: Timestamp?) -> [UInt8] {
+        var out: [UInt8] = []
+        func append(_ text: String) { out.append(contentsOf: text.utf8) }
+        append("{\n  \"window_ms\": \(assigner.size.value),\n")
+        append("  \"final_watermark_ms\": \(finalWatermark.map { String($0.milliseconds) } ?? "null"),\n")
+        append("  \"events_sent\": {\"impressions\": \(sent[.impressions] ?? 0), \"clicks\": \(sent[.clicks] ?? 0)},\n")
+        append("  \"too_late_sent\": \(tooLate),\n")
+        append("  \"invalid_sent\": \(invalid.values.reduce(0, +)),\n")
+        append("  \"invalid_by_kind\": {" + invalid.sorted(by: { $0.key < $1.key }).map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "},\n")
+        let counted = counts.values.reduce(WindowCounts()) { WindowCounts(impressions: $0.impressions + $1.impressions, clicks: $0.clicks + $1.clicks) }
+        append("  \"counted\": {\"impressions\": \(counted.impressions), \"clicks\": \(counted.clicks)},\n")
+        append("  \"windows\": [\n")
+        for (index, key) in counts.keys.sorted().enumerated() {
+            let value = counts[key]!
+            let end = key.windowStart + assigner.size.value
+            let open = finalWatermark.map { end > $0.milliseconds } ?? true
+            append("    {\"product_id\": \"\(TrafficGenerator.productName(key.product))\", \"window_start_ms\": \(key.windowStart), ")
+            append("\"impressions\": \(value.impressions), \"clicks\": \(value.clicks), \"open\": \(open)}")
+            append(index + 1 < counts.count ? ",\n" : "\n")
+        }
+        append("  ]\n}\n")
+        return out
+    }
+}
