@@ -182,7 +182,7 @@ struct Synthetic: ParsableCommand {
 
 /// SIGINT/SIGTERM stop the stream cleanly (final watermark, truth file); returns a check.
 func installInterruptHandler() -> @Sendable () -> Bool {
-    let flag = Flag()
+    let flag = InterruptFlag()
     for number in [SIGINT, SIGTERM] {
         signal(number, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -193,7 +193,7 @@ func installInterruptHandler() -> @Sendable () -> Bool {
     return { flag.raised.load(ordering: .relaxed) }
 }
 
-final class Flag: Sendable {
+final class InterruptFlag: Sendable {
     let raised = Atomic<Bool>(false)
 }
 
