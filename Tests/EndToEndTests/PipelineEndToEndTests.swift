@@ -1,0 +1,90 @@
+import ClickHouseHTTP
+import Foundation
+import TestSupport
+import Testing
+
+/// Runs the binaries as a user would: dev broker, private ClickHouse, `schema-tool migrate`,
+/// `ctr-aggregator` and `ctr-producer --truth-file`, then compares ClickHouse with the truth.
+@Suite(.serialized) struct PipelineEndToEndTests {
+    @Test func countsEveryWindowExactlyAndDeadLettersWhatItRefuses() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-e2e")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "e2e")
+        let migrate = try ChildProcess.run(
+            PackagePaths.executable("schema-tool"),
+            ["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database,
+             "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
+        )
+        #expect(migrate.status == 0, "\(migrate.stderr)")
+
+        let broker = try DevBrokerProcess(directory: directory)
+        let metricsPort = PackagePaths.freePort()
+        let aggregator = try ChildProcess(
+            PackagePaths.executable("ctr-aggregator"),
+            ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database,
+             "--metrics-port", "\(metricsPort)", "--group-id", "e2e"],
+            logDirectory: directory, name: "aggregator"
+        )
+        defer { aggregator.stop(signal: SIGKILL) }
+
+        let truthFile = directory.appendingPathComponent("truth.json")
+        let producer = try ChildProcess.run(
+            PackagePaths.executable("ctr-producer"),
+            ["--brokers", broker.bootstrapServers, "--products", "300", "--count", "90000", "--rate", "15000", "--event-rate", "1000",
+             "--start-time-ms", "1700000000000", "--seed", "7", "--late-fraction", "0.02", "--too-late-fraction", "0.002",
+             "--too-late-lag-ms", "40000", "--invalid-fraction", "0.002", "--truth-file", truthFile.path]
+        )
+        #expect(producer.status == 0, "\(producer.stderr)")
+        let truth = try JSONSerialization.jsonObject(with: Data(contentsOf: truthFile)) as! [String: Any]
+        #expect((truth["too_late_sent"] as? Int ?? 0) > 0, "the stream exercises too-late events")
+        #expect((truth["invalid_sent"] as? Int ?? 0) > 0, "the stream exercises invalid messages")
+
+        let check = try ChildProcess.run(
+            "/usr/bin/env",
+            ["python3", PackagePaths.root.appendingPathComponent("scripts/check-truth.py").path, truthFile.path, endpoint.url, endpoint.database,
+             "--wait", "90"]
+        )
+        print("end-to-end: \(check.stdout)")
+        #expect(check.status == 0, "\(check.stdout)\(check.stderr)\naggregator log:\n\(aggregator.stderr.suffix(3000))")
+        #expect(check.stdout.contains("lost=0 duplicated=0 mismatched=0"))
+
+        // Metrics are served and count what happened.
+        let metrics = try ChildProcess.run("/usr/bin/curl", ["-fsS", "http://127.0.0.1:\(metricsPort)/metrics"]).stdout
+        #expect(metrics.contains("ctr_events_consumed_total{kind=\"impression\"}"))
+        #expect(!metrics.contains("ctr_sink_rows_total 0\n"))
+        #expect(try ChildProcess.run("/usr/bin/curl", ["-fsS", "http://127.0.0.1:\(metricsPort)/ready"]).status == 0)
+
+        // Every refused message is in the dead-letter topic with its reason.
+        var byReason: [String: Int] = [:]
+        let expectedLetters = (truth["invalid_sent"] as! Int) + (truth["too_late_sent"] as! Int)
+        _ = eventually(timeout: 30) {
+            let dlq = (try? ChildProcess.run(
+                "/usr/bin/kcat", ["-C", "-b", broker.bootstrapServers, "-t", "ctr-dlq", "-o", "beginning", "-e", "-q", "-f", "%h\n"]
+            ).stdout) ?? ""
+            byReason = [:]
+            for line in dlq.split(separator: "\n") {
+                guard let reason = line.split(separator: ",").first(where: { $0.hasPrefix("ctr-reason=") }) else { continue }
+                byReason[String(reason.dropFirst("ctr-reason=".count)), default: 0] += 1
+            }
+            return byReason.values.reduce(0, +) >= expectedLetters
+        }
+        var expected = truth["invalid_by_kind"] as! [String: Int]
+        expected["too_late"] = truth["too_late_sent"] as? Int
+        #expect(byReason == expected)
+        print("end-to-end dead letters by reason: \(byReason.sorted(by: { $0.key < $1.key }))")
+
+        #expect(aggregator.stop(signal: SIGTERM) == 0, "SIGTERM stops the aggregator cleanly")
+        #expect(aggregator.stderr.contains("stopped"))
+    }
+
+    @Test func aggregatorRefusesToStartWithoutTheSchema() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-e2e-noschema")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "noschema")
+        let broker = try DevBrokerProcess(directory: directory)
+        let result = try ChildProcess.run(
+            PackagePaths.executable("ctr-aggregator"),
+            ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--metrics-port", "0"]
+        )
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("schema-tool migrate"))
+    }
+}
