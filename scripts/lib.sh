@@ -1,0 +1,76 @@
+# Shared helpers of the bring-up scripts (sourced, not run).
+
+run_dir="${CTR_RUN_DIR:-$root/run}"
+DATABASE="${CTR_DATABASE:-ctr}"
+CLICKHOUSE_HTTP_PORT="${CTR_CLICKHOUSE_HTTP_PORT:-18123}"
+CLICKHOUSE_TCP_PORT="${CTR_CLICKHOUSE_TCP_PORT:-19000}"
+METRICS_PORT="${CTR_METRICS_PORT:-9464}"
+
+say() { printf '==> %s\n' "$*"; }
+step() { printf '\n==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+fail() {
+    printf 'error: %s\n' "$1" >&2
+    [[ -n "${2:-}" ]] && printf '       %s\n' "$2" >&2
+    exit 1
+}
+
+pid_running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_process NAME COMMAND... : starts it in the background with its log and pid file,
+# unless it already runs.
+start_process() {
+    local name="$1"
+    shift
+    local pidfile="$run_dir/$name.pid"
+    if pid_running "$pidfile"; then
+        say "$name already running (pid $(cat "$pidfile")); leaving it"
+        return 0
+    fi
+    nohup "$@" >"$run_dir/logs/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    sleep 0.5
+    pid_running "$pidfile" || fail "$name exited at start" "see $run_dir/logs/$name.log"
+    say "$name started (pid $(cat "$pidfile"), log $run_dir/logs/$name.log)"
+}
+
+# wait_for WHAT SECONDS COMMAND... : polls COMMAND every second, printing dots.
+wait_for() {
+    local what="$1" seconds="$2"
+    shift 2
+    for ((i = 0; i < seconds; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            ((i > 0)) && echo
+            return 0
+        fi
+        printf '.'
+        sleep 1
+    done
+    echo
+    warn "timed out after ${seconds}s waiting for $what"
+    return 1
+}
+
+summary() {
+    local clickhouse_url="$1" brokers="$2"
+    cat <<EOF
+
+The CTR pipeline is running (native mode).
+
+  ClickHouse     $clickhouse_url   database $DATABASE   (pid $(cat "$run_dir/clickhouse/clickhouse.pid" 2>/dev/null), logs $run_dir/clickhouse/log/)
+  Kafka broker   $brokers   (pid $(cat "$run_dir/dev-broker.pid"), log $run_dir/logs/dev-broker.log)
+  aggregator     metrics http://127.0.0.1:$METRICS_PORT/metrics   (pid $(cat "$run_dir/aggregator.pid"), log $run_dir/logs/aggregator.log)
+  producer       (pid $(cat "$run_dir/producer.pid"), log $run_dir/logs/producer.log)
+EOF
+    if [[ -f "$run_dir/superset.pid" ]] && pid_running "$run_dir/superset.pid"; then
+        echo "  Superset       http://127.0.0.1:${CTR_SUPERSET_PORT:-8088}   login admin / ${SUPERSET_ADMIN_PASSWORD:-admin}"
+    fi
+    cat <<EOF
+
+Try:
+  curl -s '$clickhouse_url/?database=$DATABASE' --data-binary 'SELECT product_id, window_start, impressions, clicks, round(ctr, 4) FROM ctr_latest_view FINAL ORDER BY impressions DESC LIMIT 10'
+  curl -s '$clickhouse_url/?database=$DATABASE' --data-binary 'SELECT product_id, window_minute, sumMerge(clicks) / sumMerge(impressions) AS ctr FROM ctr_ml_view GROUP BY product_id, window_minute ORDER BY window_minute DESC LIMIT 10'
+
+Stop everything with ./scripts/stop.sh (add --purge to delete $run_dir).
+EOF
+}
