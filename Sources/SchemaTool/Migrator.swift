@@ -161,9 +161,10 @@ public final class Migrator {
                     "the ledger says migration \(version) (\(entry.name)) was \(entry.state.rawValue), but no file \(String(format: "%04d", version))_\(entry.name).sql exists: restore the file from version control"
                 )
             }
-            if entry.checksum != migration.checksum && entry.state != .baseline {
+            // A failed migration may be edited to fix its failing statement; an applied one not.
+            if entry.checksum != migration.checksum && entry.state == .applied {
                 throw .inconsistent(
-                    "\(migration.path) was modified after it was \(entry.state.rawValue) (checksum \(entry.checksum.prefix(12))… recorded, \(migration.checksum.prefix(12))… now): restore the original and put the change in a new migration, or run `schema-tool repair --accept-checksum \(version)` if the edit is harmless"
+                    "\(migration.path) was modified after it was applied (checksum \(entry.checksum.prefix(12))… recorded, \(migration.checksum.prefix(12))… now): restore the original and put the change in a new migration, or run `schema-tool repair --accept-checksum \(version)` if the edit is harmless"
                 )
             }
         }

@@ -49,9 +49,9 @@ struct Failure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-func reportingFailures(_ body: () throws -> Void) throws {
+func reportingFailures<T>(_ body: () throws -> T) throws -> T {
     do {
-        try body()
+        return try body()
     } catch let failure as Failure {
         FileHandle.standardError.write(Data("error: \(failure.description)\n".utf8))
         throw ExitCode(1)
@@ -69,7 +69,7 @@ struct SchemaToolCommand: ParsableCommand {
         commandName: "schema-tool",
         abstract: "Versioned ClickHouse migrations for the CTR pipeline.",
         discussion: "Exit codes: 0 success, 1 failure (message on stderr), 2 `verify` found differences.",
-        subcommands: [Migrate.self, Status.self, Plan.self, Verify.self, New.self, Repair.self, Baseline.self]
+        subcommands: [Migrate.self, Status.self, Plan.self, Verify.self, New.self, Repair.self, Baseline.self, Render.self]
     )
 }
 
@@ -227,6 +227,26 @@ struct Baseline: ParsableCommand {
             try Migrator(connection: try options.connect(), migrations: try options.loadMigrations()).baseline(version)
             print("baselined \(options.database) at version \(version)")
         }
+    }
+}
+
+struct Render: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print every migration's rendered statements as JSON, without connecting (for checks against other engines)."
+    )
+    @Option(help: "Directory of NNNN_name.sql files.") var migrationsDir = "migrations"
+    @Option(help: "Value of ${DATABASE}.") var database = "default"
+    @Option(name: .customLong("var"), help: "Template variable NAME=VALUE; repeatable.") var variables: [String] = []
+
+    func run() throws {
+        var options = try ConnectionOptions.parse(["--database", database, "--migrations-dir", migrationsDir] + variables.flatMap { ["--var", $0] })
+        options.database = database
+        let migrations = try reportingFailures(options.loadMigrations)
+        let document = migrations.migrations.map { migration in
+            ["version": migration.version, "name": migration.name, "statements": migration.statements.map(\.text)] as [String: Any]
+        }
+        let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
     }
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Runs the shipped migrations and the SQL the tools send on current ClickHouse (chdb, in-process).
+
+usage: check_current_clickhouse.py RENDERED_JSON
+RENDERED_JSON is the output of `schema-tool render --database ctr`. Exits non-zero on the first
+failure, naming the statement.
+"""
+import json
+import sys
+
+from chdb import session
+
+SAMPLE_ROWS = """{"product_id":"p-1","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":4,"clicks_delta":1,"revision":0,"emitted_at":"2023-11-14 22:13:40","source_partitions":["impressions:0"],"source_offsets":[7],"batch_id":"b-1"}
+{"product_id":"p-1","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":6,"clicks":1,"ctr":0.1666,"impressions_delta":2,"clicks_delta":0,"revision":1,"emitted_at":"2023-11-14 22:13:41","source_partitions":["impressions:0"],"source_offsets":[9],"batch_id":"b-2"}
+"""
+
+# What ctr-aggregator and schema-tool send besides the migrations.
+TOOL_QUERIES = [
+    "EXISTS TABLE ctr.ctr_results_raw",
+    "SELECT count(), toUnixTimestamp(max(window_start)) FROM ctr.ctr_results_raw",
+    "SELECT product_id, max(revision), argMax(impressions, revision), argMax(clicks, revision) FROM ctr.ctr_results_raw "
+    "WHERE window_end = toDateTime(1700000010, 'UTC') AND window_start = toDateTime(1700000000, 'UTC') GROUP BY product_id",
+    "SELECT source, max(offset) FROM ctr.ctr_results_raw ARRAY JOIN source_partitions AS source, source_offsets AS offset "
+    "WHERE window_end = toDateTime(1700000010, 'UTC') AND window_start = toDateTime(1700000000, 'UTC') GROUP BY source",
+    "SELECT count() FROM ctr.ctr_results_raw WHERE window_end >= toDateTime(1700000010, 'UTC') AND window_end <= toDateTime(1700000010, 'UTC') AND batch_id = 'b-1'",
+    "SELECT count() FROM system.processes WHERE query_id LIKE 'ctr-agg-%' AND query_id NOT LIKE 'ctr-agg-x-%' AND elapsed >= 0",
+    "SELECT product_id, window_minute, avgMerge(avg_ctr) AS avg_ctr, sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view GROUP BY product_id, window_minute",
+    "SELECT product_id, window_start, impressions, clicks, ctr, revision FROM ctr.ctr_latest_view FINAL",
+    "CREATE TABLE IF NOT EXISTS ctr.schema_migrations (version UInt32, name String, checksum String, statements_total UInt32, "
+    "statements_done UInt32, state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, applied_by String, seq UInt64) "
+    "ENGINE = MergeTree ORDER BY (version, seq)",
+    "SELECT version, argMax(name, seq), argMax(replaceRegexpAll(error, '[\\t\\n]', ' '), seq), toString(argMax(recorded_at, seq)) "
+    "FROM ctr.schema_migrations GROUP BY version ORDER BY version",
+    "CREATE TABLE IF NOT EXISTS ctr.schema_migrations_lock (holder String, requested_us UInt64, expires_us UInt64, released UInt8) "
+    "ENGINE = MergeTree ORDER BY requested_us",
+    "SELECT holder FROM ctr.schema_migrations_lock GROUP BY holder HAVING max(released) = 0 AND max(expires_us) > 0 "
+    "ORDER BY min(requested_us), holder LIMIT 1",
+    "SELECT name, engine FROM system.tables WHERE database = 'ctr'",
+]
+
+
+def main():
+    with open(sys.argv[1]) as handle:
+        migrations = json.load(handle)
+    db = session.Session()
+    db.query("CREATE DATABASE IF NOT EXISTS ctr")
+    version = db.query("SELECT version()", "CSV").data().strip()
+    for migration in migrations:
+        for statement in migration["statements"]:
+            try:
+                db.query(statement)
+            except Exception as error:  # noqa: BLE001 - report any engine error
+                print(f"FAILED migration {migration['version']} ({migration['name']}) on ClickHouse {version}: {error}")
+                return 1
+    db.query("INSERT INTO ctr.ctr_results_raw FORMAT JSONEachRow " + SAMPLE_ROWS)
+    for query in TOOL_QUERIES:
+        try:
+            db.query(query)
+        except Exception as error:  # noqa: BLE001
+            print(f"FAILED tool query on ClickHouse {version}: {query}\n{error}")
+            return 1
+    totals = db.query("SELECT sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view", "CSV").data().strip()
+    latest = db.query("SELECT impressions, revision FROM ctr.ctr_latest_view FINAL", "CSV").data().strip()
+    if totals != "6,1" or latest != "6,1":
+        print(f"FAILED view contents on ClickHouse {version}: ml totals {totals!r}, latest {latest!r}")
+        return 1
+    print(f"ok: {sum(len(m['statements']) for m in migrations)} migration statements and {len(TOOL_QUERIES)} tool queries on ClickHouse {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
