@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, integration tests against a private ClickHouse server and the
-# dev Kafka broker, and end-to-end tests of the executables. Installs what the tests need.
+# dev Kafka broker, end-to-end tests of the executables, and a reduced fault campaign.
+# Installs what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 swift build
 swift test "$@"
+
+# Exactly-once under faults, reduced size (the full size: see README).
+python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
