@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 swift build
-swift test "$@"
 
 # Exactly-once under faults, reduced size (the full size: see README).
 python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
+
+swift test "$@"
