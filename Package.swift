@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "schema-tool", targets: ["schema-tool"]),
         .executable(name: "ctr-producer", targets: ["ctr-producer"]),
         .executable(name: "ctr-dev-broker", targets: ["ctr-dev-broker"]),
+        .executable(name: "ctr-bench", targets: ["ctr-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -81,6 +82,14 @@ let package = Package(
             name: "ctr-dev-broker",
             dependencies: [
                 "DevBroker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .executableTarget(
+            name: "ctr-bench",
+            dependencies: [
+                "CTRWindows", "Ingest", "TrafficGenerator", "ClickHouseSink", "ClickHouseHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

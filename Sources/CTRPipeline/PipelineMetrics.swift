@@ -44,6 +44,9 @@ public struct SinkCounters: Sendable {
     /// Cumulative counts of insert durations at or below each bound of ``PipelineMetrics/insertBuckets``.
     public var insertDurationBuckets = Array(repeating: 0, count: PipelineMetrics.insertBuckets.count)
     public var insertDurationSum = 0.0
+    /// Cumulative counts of result latencies at or below each bound of ``PipelineMetrics/latencyBuckets``.
+    public var latencyBuckets = Array(repeating: 0, count: PipelineMetrics.latencyBuckets.count)
+    public var latencySum = 0.0
 }
 
 /// The aggregator's metrics, shared between the pipeline thread, the sink thread and the
@@ -51,6 +54,8 @@ public struct SinkCounters: Sendable {
 public final class PipelineMetrics: Sendable {
     /// Upper bounds (seconds) of the insert latency histogram.
     public static let insertBuckets: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+    /// Upper bounds (seconds) of the result latency histogram.
+    public static let latencyBuckets: [Double] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30]
 
     public struct Snapshot: Sendable {
         public var pipeline = PipelineCounters()
@@ -87,6 +92,11 @@ public final class PipelineMetrics: Sendable {
             snapshot.sink.insertDurationSum += seconds
             for (index, bound) in Self.insertBuckets.enumerated() where seconds <= bound {
                 snapshot.sink.insertDurationBuckets[index] += 1
+            }
+            let latency = Double(report.resultLatency.components.seconds) + Double(report.resultLatency.components.attoseconds) / 1e18
+            snapshot.sink.latencySum += latency
+            for (index, bound) in Self.latencyBuckets.enumerated() where latency <= bound {
+                snapshot.sink.latencyBuckets[index] += 1
             }
         }
     }
@@ -138,6 +148,14 @@ public final class PipelineMetrics: Sendable {
         lines.append("# HELP ctr_sink_insert_seconds Insert latency including retries.")
         lines.append("# TYPE ctr_sink_insert_seconds histogram")
         for (suffix, value) in histogram { lines.append("ctr_sink_insert_seconds\(suffix) \(value)") }
+        lines.append("# HELP ctr_result_latency_seconds From a window's emission (watermark past its end) to its rows acknowledged by ClickHouse, per batch.")
+        lines.append("# TYPE ctr_result_latency_seconds histogram")
+        for (index, bound) in Self.latencyBuckets.enumerated() {
+            lines.append("ctr_result_latency_seconds_bucket{le=\"\(bound)\"} \(snapshot.sink.latencyBuckets[index])")
+        }
+        lines.append("ctr_result_latency_seconds_bucket{le=\"+Inf\"} \(snapshot.sink.batchesWritten)")
+        lines.append("ctr_result_latency_seconds_sum \(snapshot.sink.latencySum)")
+        lines.append("ctr_result_latency_seconds_count \(snapshot.sink.batchesWritten)")
         metric("ctr_buffer_rows", "gauge", "Rows waiting for ClickHouse.", [("", "\(pipeline.bufferedRows)")])
         metric("ctr_consuming_paused", "gauge", "1 while consuming is paused by backpressure.", [("", pipeline.paused ? "1" : "0")])
         metric("ctr_ready", "gauge", "1 while consuming and able to write.", [("", snapshot.ready ? "1" : "0")])

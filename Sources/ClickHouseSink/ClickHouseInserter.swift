@@ -43,6 +43,8 @@ public struct InsertReport: Sendable {
     public var duration: Duration
     /// Whether a retry found the rows already written by an attempt whose answer was lost.
     public var recoveredAmbiguousAttempt: Bool
+    /// From the batch's first row (its window passed by the watermark) to the acknowledgement.
+    public var resultLatency: Duration
 }
 
 /// Writes ``InsertBatch``es into `ctr_results_raw`, retrying as ``InsertRetryStateMachine``
@@ -102,9 +104,10 @@ public final class ClickHouseInserter {
                     action = machine.verificationFailed(error, fraction: fraction())
                 }
             case .succeed:
+                let now = ContinuousClock.now
                 return InsertReport(
-                    rows: batch.rowCount, retries: machine.retries, duration: ContinuousClock.now - started,
-                    recoveredAmbiguousAttempt: recovered
+                    rows: batch.rowCount, retries: machine.retries, duration: now - started,
+                    recoveredAmbiguousAttempt: recovered, resultLatency: now - (batch.firstRowAt ?? started)
                 )
             case .fail(let error):
                 throw SinkError(table: table, underlying: error)

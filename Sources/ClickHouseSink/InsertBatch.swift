@@ -59,6 +59,9 @@ public struct InsertBatch: Sendable {
     public private(set) var body: [UInt8] = []
     /// Lowest and highest `window_end` of the rows, in epoch seconds.
     public private(set) var windowEndRange: ClosedRange<Int64>?
+    /// When the first row was appended: the result latency of the batch runs from here to
+    /// ClickHouse's acknowledgement.
+    public private(set) var firstRowAt: ContinuousClock.Instant?
 
     public init(id: String, sequence: UInt64, day: Int64) {
         self.id = id
@@ -76,6 +79,7 @@ public struct InsertBatch: Sendable {
     public mutating func append(_ row: ResultRow) {
         precondition(Self.day(of: row.windowEnd) == day, "rows of a batch share the UTC day of window_end")
         let end = row.windowEnd.epochSeconds
+        if firstRowAt == nil { firstRowAt = .now }
         windowEndRange = windowEndRange.map { min($0.lowerBound, end)...max($0.upperBound, end) } ?? end...end
         rowCount += 1
         body.append(contentsOf: #"{"product_id":"#.utf8)

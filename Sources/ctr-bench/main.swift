@@ -1,0 +1,134 @@
+import ArgumentParser
+import ClickHouseHTTP
+import ClickHouseSink
+import CTRWindows
+import Foundation
+import Ingest
+import TrafficGenerator
+
+/// Measurements that scripts/bench.sh combines into one table. Each prints one line
+/// `RESULT <name> <events> <seconds>` (plus details) on stdout.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctr-bench",
+        abstract: "Benchmark stages of the CTR pipeline (release build: swift build -c release).",
+        subcommands: [Consume.self, Stages.self, Sink.self]
+    )
+}
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+}
+
+func report(_ name: String, events: Int, seconds: Double, _ details: String = "") {
+    print("RESULT \(name) \(events) \(String(format: "%.6f", seconds)) \(details)")
+    fflush(nil)
+}
+
+struct Consume: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "librdkafka consume-and-discard: the consumer limit.")
+    @Option var brokers: String
+    @Option var topics = "impressions,clicks"
+    @Option var expect: Int
+    @Option var group = "bench-consume-\(UInt32.random(in: 0...UInt32.max))"
+
+    func run() throws {
+        var received = 0
+        var bytes = 0
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConfiguration(["bootstrap.servers": brokers, "group.id": group]),
+            topics: topics.split(separator: ",").map(String.init), onRebalance: { _ in }, onError: { _ in }
+        )
+        var start: ContinuousClock.Instant?
+        let deadline = ContinuousClock.now + .seconds(300)
+        while received < expect && ContinuousClock.now < deadline {
+            consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) { message in
+                if start == nil { start = .now }
+                received += 1
+                bytes += message.payload.count
+            }
+        }
+        report("consume", events: received, seconds: seconds(since: start ?? .now), "bytes=\(bytes)")
+        consumer.close()
+    }
+}
+
+struct Stages: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Decode only and windows only, on events generated in memory.")
+    @Option var events = 2_000_000
+    @Option var products = 10_000
+
+    func run() throws {
+        var generator = TrafficGenerator(
+            configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
+        )
+        var messages: [(InputTopic, [UInt8])] = []
+        messages.reserveCapacity(events)
+        for _ in 0..<events {
+            guard let message = generator.next() else { break }
+            messages.append((message.topic, message.value))
+        }
+        let decoder = EventDecoder()
+        var decoded: [(EventKind, String, Timestamp)] = []
+        decoded.reserveCapacity(messages.count)
+        var start = ContinuousClock.now
+        for (topic, value) in messages {
+            if case .success(let event) = decoder.decode(value, expecting: topic.kind) {
+                decoded.append((topic.kind, event.productID, event.timestamp))
+            }
+        }
+        report("decode", events: messages.count, seconds: seconds(since: start))
+
+        var catalog = ProductCatalog()
+        var windows = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 1, now: Timestamp(milliseconds: 0))
+        var rows = 0
+        start = .now
+        for (index, (kind, product, time)) in decoded.enumerated() {
+            _ = windows.ingest(kind, catalog.id(for: product), at: time, from: 0, offset: Int64(index))
+            if index % 10_000 == 0 {
+                rows += windows.advance(now: Timestamp(milliseconds: Int64(index))).reduce(0) { $0 + $1.rows.count }
+            }
+        }
+        rows += windows.advance(now: Timestamp(milliseconds: Int64.max / 2)).reduce(0) { $0 + $1.rows.count }
+        report("windows", events: decoded.count, seconds: seconds(since: start), "rows=\(rows) open_product_windows_at_end=\(windows.openProductWindowCount)")
+    }
+}
+
+struct Sink: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Rows per second into ctr_results_raw.")
+    @Option var clickhouseUrl: String
+    @Option var database: String
+    @Option var rows = 500_000
+    @Option var batchRows = 50_000
+
+    func run() throws {
+        let connection = try ClickHouseConnection(endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database))
+        var batches: [InsertBatch] = []
+        let end = Timestamp(milliseconds: 1_700_000_010_000)
+        var sequence: UInt64 = 0
+        var batch = InsertBatch(id: "bench-0", sequence: 0, day: InsertBatch.day(of: end))
+        for index in 0..<rows {
+            batch.append(
+                ResultRow(
+                    productID: TrafficGenerator.productName(index), windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
+                    totals: WindowCounts(impressions: 100, clicks: 3), delta: WindowCounts(impressions: 100, clicks: 3), revision: 0,
+                    emittedAt: end, sources: [(name: "impressions:0", offset: Int64(index))]
+                )
+            )
+            if batch.rowCount == batchRows {
+                batches.append(batch)
+                sequence += 1
+                batch = InsertBatch(id: "bench-\(sequence)", sequence: sequence, day: InsertBatch.day(of: end))
+            }
+        }
+        if batch.rowCount > 0 { batches.append(batch) }
+        let start = ContinuousClock.now
+        for batch in batches {
+            _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: batch.body)
+        }
+        report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count)")
+    }
+}
+
+Bench.main()
