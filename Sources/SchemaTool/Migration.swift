@@ -79,7 +79,7 @@ public struct MigrationSet: Sendable {
     }
 }
 
-/// `${NAME}` substitution.
+/// `${NAME}` substitution; `${NAME:-default}` uses `default` when `NAME` is undefined.
 public enum Template {
     public struct UndefinedVariable: Error, Sendable {
         public var name: String
@@ -96,8 +96,12 @@ public enum Template {
                 result += rest[open.lowerBound...]
                 return result
             }
-            let name = String(rest[open.upperBound..<close])
-            guard let value = variables[name] else {
+            let expression = String(rest[open.upperBound..<close])
+            // ${NAME:-default} falls back to the default when NAME is not defined.
+            let parts = expression.components(separatedBy: ":-")
+            let name = parts[0]
+            let fallback = parts.count > 1 ? parts.dropFirst().joined(separator: ":-") : nil
+            guard let value = variables[name] ?? fallback else {
                 let offset = text[..<open.lowerBound].filter { $0 == "\n" }.count
                 throw UndefinedVariable(name: name, lineOffset: offset)
             }

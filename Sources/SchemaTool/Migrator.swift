@@ -186,7 +186,11 @@ public final class Migrator {
             for (offset, statement) in statements.enumerated() {
                 let number = done + offset + 1
                 do {
-                    try connection.run(statement.text)
+                    if let expression = WaitDirective.expression(in: statement.text) {
+                        try waitUntil(expression)
+                    } else {
+                        try connection.run(statement.text)
+                    }
                 } catch {
                     record(migration, done: number - 1, state: .failed, error: error.description, started: started)
                     throw .statementFailed(
@@ -201,6 +205,16 @@ public final class Migrator {
             applied.append(migration.version)
         }
         return applied
+    }
+
+    /// Sleeps until the server's clock reaches `expression` (a DateTime expression).
+    private func waitUntil(_ expression: String) throws(ClickHouseError) {
+        while true {
+            let remaining = Int(try connection.scalar("SELECT toInt64(toUnixTimestamp(\(expression))) - toInt64(toUnixTimestamp(now()))")) ?? 0
+            guard remaining > 0 else { return }
+            output("  waiting \(remaining) s for the cut-over (WAIT UNTIL \(expression))")
+            Thread.sleep(forTimeInterval: Double(min(remaining, 10)))
+        }
     }
 
     /// Marks every migration up to `version` as applied without running it (adopting an

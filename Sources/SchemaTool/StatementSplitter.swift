@@ -1,3 +1,5 @@
+import Foundation
+
 /// One SQL statement of a migration file, with where it starts.
 public struct SQLStatement: Sendable, Hashable {
     /// The statement text without the terminating `;`, trimmed.
@@ -122,5 +124,19 @@ extension String {
             let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
         else { return "" }
         return String(scalars[first...last])
+    }
+}
+
+/// `WAIT UNTIL <DateTime expression>`: a statement of schema-tool, not of ClickHouse. The tool
+/// evaluates the expression on the server and sleeps until the server's clock reaches it; used
+/// by materialized-view evolution to let a cut-over time pass before backfilling.
+public enum WaitDirective {
+    /// The expression, if `statement` is a wait directive.
+    public static func expression(in statement: String) -> String? {
+        let code = statement.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("--") }
+            .joined(separator: "\n").trimmingWhitespace()
+        guard code.uppercased().hasPrefix("WAIT UNTIL ") else { return nil }
+        return String(code.dropFirst("WAIT UNTIL ".count))
     }
 }

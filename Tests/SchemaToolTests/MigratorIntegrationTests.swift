@@ -24,16 +24,21 @@ import Testing
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
         let first = try schemaTool(["migrate"] + common)
         #expect(first.status == 0, "\(first.stderr)")
-        #expect(first.stdout.contains("applied 3 migration(s)"))
+        #expect(first.stdout.contains("applied 4 migration(s)"))
         let second = try schemaTool(["migrate"] + common)
         #expect(second.status == 0)
         #expect(second.stdout.contains("up to date"))
         let connection = try ClickHouseConnection(endpoint: endpoint)
         let tables = try connection.rows("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND name LIKE 'ctr_%' ORDER BY name")
-        #expect(tables.map { "\($0[0])=\($0[1])" } == ["ctr_latest_view=MaterializedView", "ctr_ml_view=MaterializedView", "ctr_results_raw=MergeTree"])
+        #expect(
+            tables.map { "\($0[0])=\($0[1])" } == [
+                "ctr_latest_view=MaterializedView", "ctr_ml_agg_v2=AggregatingMergeTree", "ctr_ml_cutover=TinyLog",
+                "ctr_ml_summary=View", "ctr_ml_view=MaterializedView", "ctr_results_raw=MergeTree",
+            ]
+        )
         #expect(try schemaTool(["verify"] + common).status == 0)
         let status = try schemaTool(["status"] + common)
-        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == 3)
+        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == 4)
         #expect(try schemaTool(["plan"] + common).stdout.contains("nothing to apply"))
     }
 
@@ -114,6 +119,53 @@ import Testing
         #expect(runs.filter { $0.stdout.contains("applied 2 migration(s)") }.count == 1, "exactly one run applied the migrations")
         let connection = try ClickHouseConnection(endpoint: endpoint)
         #expect(try connection.scalar("SELECT groupArray(x) FROM (SELECT x FROM a ORDER BY x)") == "[1,2]")
+    }
+
+    /// The second-generation ctr_ml_view migration, run while rows keep arriving: the view must
+    /// equal sums over the raw table before and after, without loss or double counting.
+    @Test func viewEvolutionKeepsTotalsExactWhileInsertsRun() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "evolve")
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
+        #expect(try schemaTool(["migrate", "--to", "3"] + common).status == 0)
+        let viewTotals = "SELECT product_id, toUnixTimestamp(window_minute) AS m, sumMerge(impressions), sumMerge(clicks) FROM ctr_ml_view GROUP BY product_id, window_minute ORDER BY product_id, m"
+        let rawTotals = "SELECT product_id, toUnixTimestamp(toStartOfMinute(window_end)) AS m, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id, m ORDER BY product_id, m"
+
+        final class Writer: @unchecked Sendable {
+            let connection: ClickHouseConnection
+            var running = true
+            var batches = 0
+            init(_ endpoint: ClickHouseEndpoint) throws { connection = try ClickHouseConnection(endpoint: endpoint) }
+            func insert() throws {
+                batches += 1
+                let rows = (0..<20).map { product in
+                    "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches % 2), now())"
+                }.joined(separator: ",")
+                try connection.run(
+                    "INSERT INTO ctr_results_raw (product_id, window_start, window_end, impressions_delta, clicks_delta, revision, emitted_at) VALUES \(rows)"
+                )
+            }
+        }
+        let writer = try Writer(endpoint)
+        for _ in 0..<20 { try writer.insert() }
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        #expect(try connection.rows(viewTotals) == connection.rows(rawTotals), "generation 1 is exact")
+
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            while writer.running { try? writer.insert(); Thread.sleep(forTimeInterval: 0.02) }
+            done.signal()
+        }.start()
+        let migrated = try schemaTool(["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1"] + common)
+        Thread.sleep(forTimeInterval: 1)
+        writer.running = false
+        done.wait()
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        #expect(migrated.stdout.contains("waiting"), "the cut-over waits happened with data present")
+        #expect(writer.batches > 100, "inserts kept running during the migration")
+        let after = try connection.rows(viewTotals)
+        #expect(after == (try connection.rows(rawTotals)), "generation 2 is exact")
+        #expect(try connection.scalar("SELECT sum(windows) > 0 AND sum(late_updates) > 0 FROM ctr_ml_summary") == "1")
+        #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'ctr_ml_feed_v2'") == "0")
     }
 
     @Test func shippedMigrationsRunOnCurrentClickHouse() throws {
