@@ -21,6 +21,11 @@ if ((${#missing[@]} > 0)); then
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# pytest and PyYAML run the static checks of the Docker deployment.
+if ! python3 -c "import pytest, yaml" >/dev/null 2>&1; then
+    python3 -m pip install -q pytest pyyaml >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages pytest pyyaml >/dev/null
+fi
+
 # chdb-core runs current ClickHouse in-process: the tests check the SQL against it.
 if ! python3 -c "import chdb" >/dev/null 2>&1; then
     echo "installing chdb-core (current ClickHouse, in-process) from PyPI" >&2

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 swift build
 
+# Static checks of docker-compose.yml, the Dockerfile and the Grafana dashboard (no Docker engine here).
+python3 -m pytest -q tests/deploy
+
 # Exactly-once under faults, reduced size (the full size: see README).
 python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
 

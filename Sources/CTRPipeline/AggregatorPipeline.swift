@@ -313,6 +313,13 @@ public final class AggregatorPipeline: @unchecked Sendable {
     private func commit() {
         lastCommit = .now
         guard let consumer, let assignment else { return }
+        var lag: [String: Int64] = [:]
+        for (index, partition) in assignment.partitions.enumerated() {
+            if let high = consumer.highWatermark(partition), let position = assignment.tracker.position(of: index) {
+                lag[partition.description] = max(0, high - position)
+            }
+        }
+        metrics.setConsumerLag(lag)
         let windows = assignment.windows
         let offsets = assignment.tracker.offsetsToCommit { windows.lowestPendingOffset(of: $0) }
         guard !offsets.isEmpty else { return }

@@ -29,6 +29,11 @@ public struct OffsetCommitTracker: Sendable {
         if position > positions[partition] { positions[partition] = position }
     }
 
+    /// Next offset to consume of `partition`, if anything was consumed.
+    public func position(of partition: SourcePartition) -> Int64? {
+        positions[partition] >= 0 ? positions[partition] : nil
+    }
+
     /// Records that batch `sequence` carries the effect of the events at and after `offsets`.
     public mutating func batch(_ sequence: UInt64, dependsOn offsets: [SourceOffset]) {
         guard !offsets.isEmpty else { return }
