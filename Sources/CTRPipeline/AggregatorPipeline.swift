@@ -45,6 +45,8 @@ public final class AggregatorPipeline: @unchecked Sendable {
     struct Assignment {
         var partitions: [TopicPartition]
         var index: [TopicPartition: SourcePartition]
+        /// Source partition by subscription topic index (impressions 0, clicks 1) and partition.
+        var sources: [[SourcePartition?]]
         var kinds: [EventKind]
         var windows: WindowAggregator
         var tracker: OffsetCommitTracker
@@ -163,17 +165,32 @@ public final class AggregatorPipeline: @unchecked Sendable {
 
     private func pollOnce() {
         guard let consumer else { return }
+        // The hot loop works on locals moved out of `self` (no copies, no exclusivity checks);
+        // rebalance handlers run inside `poll` before the first message, so the assignment is
+        // taken only once messages arrive.
+        var current: Assignment?
+        var taken = false
+        var counters = self.counters
+        var catalog = self.catalog
         consumer.poll(maxMessages: configuration.pollBatchSize, timeout: .milliseconds(100)) { message in
-            handle(message)
+            if !taken {
+                taken = true
+                current = assignment.take()
+            }
+            guard current != nil else { return }
+            handle(message, &current!, &catalog, &counters)
         }
+        if taken { assignment = current }
+        self.catalog = catalog
+        self.counters = counters
         let now = Self.wallClock()
         if assignment != nil {
             let emissions = assignment!.windows.advance(now: now)
             if !emissions.isEmpty { add(emissions, at: now) }
-            counters.openWindows = assignment!.windows.openWindowCount
-            counters.watermarkMilliseconds = assignment!.windows.watermark?.milliseconds
+            self.counters.openWindows = assignment!.windows.openWindowCount
+            self.counters.watermarkMilliseconds = assignment!.windows.watermark?.milliseconds
         }
-        counters.wallClockMilliseconds = now.milliseconds
+        self.counters.wallClockMilliseconds = now.milliseconds
         if let openBatch, openBatch.rowCount > 0,
             openBatch.rowCount >= configuration.batchMaxRows || ContinuousClock.now - openBatchCreated >= configuration.batchMaxDelay
         {
@@ -184,36 +201,41 @@ public final class AggregatorPipeline: @unchecked Sendable {
             commit()
         }
         applyBackpressure()
-        counters.paused = paused
-        metrics.publish(counters)
+        self.counters.paused = paused
+        metrics.publish(self.counters)
     }
 
-    private func handle(_ message: KafkaMessage) {
-        let source = TopicPartition(topic: message.topic, partition: message.partition)
-        guard let partition = assignment?.index[source], let kind = assignment?.kinds[partition] else { return }
+    private func handle(
+        _ message: KafkaMessage, _ assignment: inout Assignment, _ catalog: inout ProductCatalog, _ counters: inout PipelineCounters
+    ) {
+        guard message.topicIndex >= 0, message.topicIndex < assignment.sources.count,
+            Int(message.partition) < assignment.sources[message.topicIndex].count,
+            let partition = assignment.sources[message.topicIndex][Int(message.partition)]
+        else { return }
+        let kind = assignment.kinds[partition]
         counters.recordConsumed(kind)
         switch configuration.decoder.decode(message.payload, expecting: kind) {
         case .failure(let rejection):
-            deadLetter(message, rejection)
+            deadLetter(message, rejection, &counters)
         case .success(let event):
             let product = catalog.id(for: event.productID)
-            // Mutate the assignment in place: a copy would duplicate the window state.
-            var result = assignment!.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
+            var result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
             if case .needsRestore(let windowStart) = result {
-                restoreWindow(windowStart)
-                result = assignment!.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
+                restoreWindow(windowStart, &assignment, &catalog, &counters)
+                result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
             }
             switch result {
             case .tooLate(let windowStart):
                 let end = windowStart + configuration.windows.windowSize
-                let watermark = assignment!.windows.watermark?.milliseconds ?? 0
+                let watermark = assignment.windows.watermark?.milliseconds ?? 0
                 deadLetter(
                     message,
                     Rejection(
                         .tooLate,
                         "event time \(event.timestamp.milliseconds) ms falls in window [\(windowStart.milliseconds), \(end.milliseconds)) ms, "
                             + "closed: watermark \(watermark) ms >= window end + allowed lateness \(configuration.windows.allowedLateness.value) ms"
-                    )
+                    ),
+                    &counters
                 )
             case .lateUpdate:
                 counters.lateUpdates += 1
@@ -223,10 +245,10 @@ public final class AggregatorPipeline: @unchecked Sendable {
                 break
             }
         }
-        assignment!.tracker.consumed(partition, offset: message.offset)
+        assignment.tracker.consumed(partition, offset: message.offset)
     }
 
-    private func deadLetter(_ message: KafkaMessage, _ rejection: Rejection) {
+    private func deadLetter(_ message: KafkaMessage, _ rejection: Rejection, _ counters: inout PipelineCounters) {
         counters.rejected[rejection.reason, default: 0] += 1
         let letter = DeadLetter(
             value: Array(message.payload), key: Array(message.key), reason: rejection.reason, detail: rejection.detail,
@@ -261,7 +283,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
                 nextBatchSequence += 1
                 openBatchCreated = .now
             }
-            let sources = emission.includedThrough.map { (name: partitions[$0.partition].description, offset: $0.offset) }
+            let sources = SourceOffsets(emission.includedThrough.map { (name: partitions[$0.partition].description, offset: $0.offset) })
             for row in emission.rows {
                 openBatch!.append(
                     ResultRow(
@@ -371,10 +393,18 @@ public final class AggregatorPipeline: @unchecked Sendable {
             return
         }
         var index: [TopicPartition: SourcePartition] = [:]
-        for (position, partition) in partitions.enumerated() { index[partition] = position }
+        let topics = [configuration.impressionsTopic, configuration.clicksTopic]
+        var sources: [[SourcePartition?]] = topics.map { topic in
+            Array(repeating: nil, count: Int(partitions.filter { $0.topic == topic }.map(\.partition).max() ?? -1) + 1)
+        }
+        for (position, partition) in partitions.enumerated() {
+            index[partition] = position
+            if let topic = topics.firstIndex(of: partition.topic) { sources[topic][Int(partition.partition)] = position }
+        }
         assignment = Assignment(
             partitions: partitions,
             index: index,
+            sources: sources,
             kinds: partitions.map { $0.topic == configuration.clicksTopic ? .click : .impression },
             windows: WindowAggregator(
                 configuration: configuration.windows, partitionCount: partitions.count, now: Self.wallClock(),
@@ -410,8 +440,9 @@ public final class AggregatorPipeline: @unchecked Sendable {
         return Timestamp(milliseconds: seconds * 1000)
     }
 
-    private func restoreWindow(_ windowStart: Timestamp) {
-        guard let assignment else { return }
+    private func restoreWindow(
+        _ windowStart: Timestamp, _ assignment: inout Assignment, _ catalog: inout ProductCatalog, _ counters: inout PipelineCounters
+    ) {
         let start = windowStart.epochSeconds
         let end = (windowStart + configuration.windows.windowSize).epochSeconds
         let filter = "window_end = toDateTime(\(end), 'UTC') AND window_start = toDateTime(\(start), 'UTC')"
@@ -444,14 +475,14 @@ public final class AggregatorPipeline: @unchecked Sendable {
                 guard row.count == 2, let partition = names[TabSeparated.unescape(row[0])], let offset = Int64(row[1]) else { return nil }
                 return SourceOffset(partition: partition, offset: offset)
             }
-            self.assignment?.windows.restore(windowStart: windowStart, rows: restored, includedThrough: included)
+            assignment.windows.restore(windowStart: windowStart, rows: restored, includedThrough: included)
             counters.windowsRestored += 1
             if !restored.isEmpty {
                 logger.info("restored window from ClickHouse", metadata: ["window_start": "\(start)", "products": "\(restored.count)"])
             }
         } catch {
             fatalError = PipelineError("cannot restore window \(start) from ClickHouse: \(error)")
-            self.assignment?.windows.restore(windowStart: windowStart, rows: [], includedThrough: [])
+            assignment.windows.restore(windowStart: windowStart, rows: [], includedThrough: [])
         }
     }
 

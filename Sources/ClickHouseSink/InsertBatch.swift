@@ -12,11 +12,11 @@ public struct ResultRow: Sendable, Hashable {
     public var emittedAt: Timestamp
     /// `topic:partition` of every partition that fed the window, with the highest offset its
     /// counts reflect (see ``WindowEmission/includedThrough``).
-    public var sources: [(name: String, offset: Int64)]
+    public var sources: SourceOffsets
 
     public init(
         productID: String, windowStart: Timestamp, windowEnd: Timestamp, totals: WindowCounts, delta: WindowCounts,
-        revision: UInt32, emittedAt: Timestamp, sources: [(name: String, offset: Int64)]
+        revision: UInt32, emittedAt: Timestamp, sources: SourceOffsets
     ) {
         self.productID = productID
         self.windowStart = windowStart
@@ -31,13 +31,43 @@ public struct ResultRow: Sendable, Hashable {
     public static func == (lhs: ResultRow, rhs: ResultRow) -> Bool {
         lhs.productID == rhs.productID && lhs.windowStart == rhs.windowStart && lhs.windowEnd == rhs.windowEnd
             && lhs.totals == rhs.totals && lhs.delta == rhs.delta && lhs.revision == rhs.revision
-            && lhs.emittedAt == rhs.emittedAt && lhs.sources.elementsEqual(rhs.sources, by: { $0 == $1 })
+            && lhs.emittedAt == rhs.emittedAt && lhs.sources == rhs.sources
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(productID)
         hasher.combine(windowStart)
         hasher.combine(revision)
+    }
+}
+
+/// The `source_partitions` and `source_offsets` of the rows of one emission, encoded once.
+public struct SourceOffsets: Sendable, Hashable {
+    public let sources: [String]
+    public let offsets: [Int64]
+    let partitionsJSON: [UInt8]
+    let offsetsJSON: [UInt8]
+
+    public init(_ sources: [(name: String, offset: Int64)]) {
+        self.sources = sources.map(\.name)
+        self.offsets = sources.map(\.offset)
+        var partitions: [UInt8] = [UInt8(ascii: "[")]
+        for (index, source) in sources.enumerated() {
+            if index > 0 { partitions.append(UInt8(ascii: ",")) }
+            JSONText.appendString(source.name, to: &partitions)
+        }
+        partitions.append(UInt8(ascii: "]"))
+        partitionsJSON = partitions
+        offsetsJSON = Array(("[" + sources.map { String($0.offset) }.joined(separator: ",") + "]").utf8)
+    }
+
+    public static func == (lhs: SourceOffsets, rhs: SourceOffsets) -> Bool {
+        lhs.sources == rhs.sources && lhs.offsets == rhs.offsets
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(sources)
+        hasher.combine(offsets)
     }
 }
 
@@ -102,14 +132,11 @@ public struct InsertBatch: Sendable {
         body.append(contentsOf: String(row.revision).utf8)
         body.append(contentsOf: #","emitted_at":""#.utf8)
         DateTimeText.append(row.emittedAt.epochSeconds, to: &body)
-        body.append(contentsOf: #"","source_partitions":["#.utf8)
-        for (index, source) in row.sources.enumerated() {
-            if index > 0 { body.append(UInt8(ascii: ",")) }
-            JSONText.appendString(source.name, to: &body)
-        }
-        body.append(contentsOf: #"],"source_offsets":["#.utf8)
-        body.append(contentsOf: row.sources.map { String($0.offset) }.joined(separator: ",").utf8)
-        body.append(contentsOf: #"],"batch_id":"#.utf8)
+        body.append(contentsOf: #"","source_partitions":"#.utf8)
+        body.append(contentsOf: row.sources.partitionsJSON)
+        body.append(contentsOf: #","source_offsets":"#.utf8)
+        body.append(contentsOf: row.sources.offsetsJSON)
+        body.append(contentsOf: #","batch_id":"#.utf8)
         JSONText.appendString(id, to: &body)
         body.append(contentsOf: "}\n".utf8)
     }
@@ -121,6 +148,16 @@ enum JSONText {
 
     static func appendString(_ string: String, to body: inout [UInt8]) {
         body.append(UInt8(ascii: "\""))
+        var string = string
+        let plain = string.withUTF8 { bytes in
+            guard !bytes.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
+            body.append(contentsOf: bytes)
+            return true
+        }
+        if plain {
+            body.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in string.utf8 {
             switch byte {
             case UInt8(ascii: "\""): body.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])

@@ -31,6 +31,8 @@ public enum RebalanceEvent: Sendable, Equatable {
 /// A message as read from Kafka, valid only during the callback that receives it.
 public struct KafkaMessage {
     public var topic: String
+    /// Position of `topic` in the subscription list given to ``KafkaConsumer/init(configuration:topics:maxBatch:onRebalance:onError:)``.
+    public var topicIndex: Int
     public var partition: Int32
     public var offset: Int64
     public var payload: UnsafeRawBufferPointer
@@ -45,6 +47,8 @@ public final class KafkaConsumer {
     private final class Callbacks {
         let onRebalance: (RebalanceEvent) -> Void
         let onError: (KafkaError) -> Void
+        /// Incremented on every assignment change, to spot batches that straddle one.
+        var rebalances = 0
         init(onRebalance: @escaping (RebalanceEvent) -> Void, onError: @escaping (KafkaError) -> Void) {
             self.onRebalance = onRebalance
             self.onError = onError
@@ -54,7 +58,8 @@ public final class KafkaConsumer {
     private let handle: OpaquePointer
     private let queue: OpaquePointer
     private let callbacks: Callbacks
-    private var topicNames: [OpaquePointer: String] = [:]
+    private var topicNames: [OpaquePointer: (name: String, index: Int)] = [:]
+    private let topics: [String]
     private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
     private var closed = false
 
@@ -92,6 +97,7 @@ public final class KafkaConsumer {
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
             let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
+            callbacks.rebalances += 1
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
@@ -116,6 +122,7 @@ public final class KafkaConsumer {
         self.queue = rd_kafka_queue_get_consumer(handle)
         self.callbacks = callbacks
         self.messages = Array(repeating: nil, count: maxBatch)
+        self.topics = topics
 
         let subscription = rd_kafka_topic_partition_list_new(Int32(topics.count))
         defer { rd_kafka_topic_partition_list_destroy(subscription) }
@@ -137,13 +144,22 @@ public final class KafkaConsumer {
     /// Waits up to `timeout` for messages and hands each one to `handle`, in offset order per
     /// partition. Returns the number of messages handed over. Errors on individual messages
     /// (e.g. a partition that became unavailable) go to the `onError` handler.
+    ///
+    /// Rebalance handlers run inside this call, before any message is handed over. A batch
+    /// fetched across an assignment change is dropped whole: its messages belong to the old
+    /// assignment and are fetched again from the committed offsets.
     @discardableResult
     public func poll(maxMessages: Int, timeout: Duration, _ handle: (KafkaMessage) -> Void) -> Int {
         let count = min(maxMessages, messages.count)
+        let rebalancesBefore = callbacks.rebalances
         let received = messages.withUnsafeMutableBufferPointer { buffer in
             rd_kafka_consume_batch_queue(queue, Int32(Self.milliseconds(timeout)), buffer.baseAddress, count)
         }
         guard received > 0 else { return 0 }
+        if callbacks.rebalances != rebalancesBefore {
+            for index in 0..<received { messages[index].map { rd_kafka_message_destroy($0) } }
+            return 0
+        }
         var delivered = 0
         for index in 0..<received {
             guard let message = messages[index] else { continue }
@@ -155,9 +171,11 @@ public final class KafkaConsumer {
                 }
                 continue
             }
+            let topic = topicName(value.rkt)
             handle(
                 KafkaMessage(
-                    topic: topicName(value.rkt),
+                    topic: topic.name,
+                    topicIndex: topic.index,
                     partition: value.partition,
                     offset: value.offset,
                     payload: UnsafeRawBufferPointer(start: value.payload, count: value.len),
@@ -169,12 +187,13 @@ public final class KafkaConsumer {
         return delivered
     }
 
-    private func topicName(_ topic: OpaquePointer?) -> String {
-        guard let topic else { return "" }
-        if let name = topicNames[topic] { return name }
+    private func topicName(_ topic: OpaquePointer?) -> (name: String, index: Int) {
+        guard let topic else { return ("", -1) }
+        if let known = topicNames[topic] { return known }
         let name = String(cString: rd_kafka_topic_name(topic))
-        topicNames[topic] = name
-        return name
+        let known = (name: name, index: topics.firstIndex(of: name) ?? -1)
+        topicNames[topic] = known
+        return known
     }
 
     /// Commits `offsets` (the next offset to consume, per partition) synchronously.

@@ -113,7 +113,7 @@ struct Sink: ParsableCommand {
                 ResultRow(
                     productID: TrafficGenerator.productName(index), windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
                     totals: WindowCounts(impressions: 100, clicks: 3), delta: WindowCounts(impressions: 100, clicks: 3), revision: 0,
-                    emittedAt: end, sources: [(name: "impressions:0", offset: Int64(index))]
+                    emittedAt: end, sources: SourceOffsets([(name: "impressions:0", offset: Int64(index))])
                 )
             )
             if batch.rowCount == batchRows {

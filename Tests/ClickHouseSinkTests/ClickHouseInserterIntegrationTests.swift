@@ -26,7 +26,7 @@ import Testing
             batch.append(
                 ResultRow(
                     productID: product, windowStart: start, windowEnd: end, totals: WindowCounts(impressions: 10, clicks: 2),
-                    delta: WindowCounts(impressions: 10, clicks: 2), revision: revision, emittedAt: end, sources: [(name: "impressions:0", offset: 41)]
+                    delta: WindowCounts(impressions: 10, clicks: 2), revision: revision, emittedAt: end, sources: SourceOffsets([(name: "impressions:0", offset: 41)])
                 )
             )
         }

@@ -22,7 +22,7 @@ import Testing
             ResultRow(
                 productID: "a\"b\\c\n", windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: Timestamp(milliseconds: 1_700_000_010_000),
                 totals: WindowCounts(impressions: 4, clicks: 1), delta: WindowCounts(impressions: 1, clicks: 0), revision: 2,
-                emittedAt: Timestamp(milliseconds: 1_700_000_020_500), sources: [(name: "impressions:0", offset: 7)]
+                emittedAt: Timestamp(milliseconds: 1_700_000_020_500), sources: SourceOffsets([(name: "impressions:0", offset: 7)])
             )
         )
         let text = String(decoding: batch.body, as: UTF8.self)
