@@ -343,13 +343,20 @@ public final class AggregatorPipeline: @unchecked Sendable {
         }
         metrics.setConsumerLag(lag)
         let windows = assignment.windows
-        let offsets = assignment.tracker.offsetsToCommit { windows.lowestPendingOffset(of: $0) }
+        let offsets = assignment.tracker.offsetsToCommit(
+            pending: { windows.lowestPendingOffset(of: $0) },
+            maxEventTime: { windows.watermarks.maxEventTime(of: $0)?.milliseconds }
+        )
         guard !offsets.isEmpty else { return }
         do {
             // Dead letters of the committed range must be durable first.
             try deadLetters?.flush(timeout: .seconds(10))
-            var byPartition: [TopicPartition: Int64] = [:]
-            for (partition, offset) in offsets { byPartition[assignment.partitions[partition]] = offset }
+            var byPartition: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
+            for (partition, offset) in offsets {
+                byPartition[assignment.partitions[partition]] = KafkaConsumer.CommittedOffset(
+                    offset: offset.offset, metadata: CommitMetadata(maxEventTime: offset.maxEventTimeBefore).text
+                )
+            }
             try consumer.commit(byPartition)
             self.assignment?.tracker.committed(offsets)
             counters.commits += 1
@@ -385,11 +392,18 @@ public final class AggregatorPipeline: @unchecked Sendable {
     }
 
     private func assign(_ partitions: [TopicPartition]) {
+        // Everything this instance submitted must have landed before ClickHouse is read back.
+        while let sink, !sink.waitUntilIdle(timeout: .seconds(5)), !stopRequested.load(ordering: .relaxed) {
+            logger.warning("waiting for ClickHouse to acknowledge earlier batches before recovering the assignment")
+        }
+        processCompletions()
         let restoreThrough: Timestamp?
+        var committed: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
         do {
             restoreThrough = try recoveryHorizon()
+            committed = try consumer?.committedOffsets(partitions, timeout: .seconds(30)) ?? [:]
         } catch {
-            fatalError = PipelineError("cannot read the recovery state from ClickHouse: \(error)")
+            fatalError = PipelineError("cannot read the recovery state: \(error)")
             return
         }
         var index: [TopicPartition: SourcePartition] = [:]
@@ -412,6 +426,12 @@ public final class AggregatorPipeline: @unchecked Sendable {
             ),
             tracker: OffsetCommitTracker(partitionCount: partitions.count)
         )
+        // Resume every partition's watermark where the committed position left it.
+        for (position, partition) in partitions.enumerated() {
+            if let metadata = committed[partition].flatMap({ CommitMetadata(text: $0.metadata) }), let maxEventTime = metadata.maxEventTime {
+                assignment?.windows.restoreWatermark(of: position, maxEventTime: Timestamp(milliseconds: maxEventTime))
+            }
+        }
     }
 
     /// Waits until inserts of other (possibly dead) instances that were running when this
@@ -424,8 +444,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
             let running = try retryingQuery { connection throws(ClickHouseError) in
                 try connection.scalar(
                     """
-                    SELECT count() FROM system.processes WHERE query_id LIKE 'ctr-agg-%' \
-                    AND query_id NOT LIKE 'ctr-agg-\(self.instanceID)-%' AND elapsed >= \(elapsed)
+                    SELECT count() FROM system.processes WHERE query_id LIKE 'ctr-agg-%' AND elapsed >= \(elapsed)
                     """
                 )
             }
@@ -526,6 +545,22 @@ public final class AggregatorPipeline: @unchecked Sendable {
         clock_gettime(CLOCK_REALTIME, &spec)
         return Timestamp(milliseconds: Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000)
     }
+}
+
+/// What the aggregator stores with a committed offset: the partition's highest event time before
+/// it, so that a consumer resuming there restores the watermark exactly (`ctr1 maxts=<ms>`).
+struct CommitMetadata: Equatable {
+    var maxEventTime: Int64?
+
+    init(maxEventTime: Int64?) { self.maxEventTime = maxEventTime }
+
+    init?(text: String) {
+        let fields = text.split(separator: " ")
+        guard fields.first == "ctr1" else { return nil }
+        maxEventTime = fields.dropFirst().first { $0.hasPrefix("maxts=") }.flatMap { Int64($0.dropFirst("maxts=".count)) }
+    }
+
+    var text: String { maxEventTime.map { "ctr1 maxts=\($0)" } ?? "ctr1" }
 }
 
 /// Lets one event through per interval and counts the rest.

@@ -1,5 +1,6 @@
 import CTRWindows
 
+
 /// Decides which offsets may be committed: a partition's committed offset never passes an
 /// event whose effect on the output is not yet durable in ClickHouse.
 ///
@@ -11,7 +12,7 @@ public struct OffsetCommitTracker: Sendable {
     private var positions: [Int64]
     private var committed: [Int64]
     /// Batch sequence → per partition, the lowest offset whose effect the batch carries.
-    private var inFlight: [UInt64: [Int64]] = [:]
+    private var inFlight: [UInt64: [SourceOffset?]] = [:]
 
     public init(partitionCount: Int) {
         positions = Array(repeating: -1, count: partitionCount)
@@ -37,8 +38,10 @@ public struct OffsetCommitTracker: Sendable {
     /// Records that batch `sequence` carries the effect of the events at and after `offsets`.
     public mutating func batch(_ sequence: UInt64, dependsOn offsets: [SourceOffset]) {
         guard !offsets.isEmpty else { return }
-        var lowest = inFlight[sequence] ?? Array(repeating: .max, count: positions.count)
-        for source in offsets { lowest[source.partition] = min(lowest[source.partition], source.offset) }
+        var lowest = inFlight[sequence] ?? Array(repeating: nil, count: positions.count)
+        for source in offsets where source.offset < (lowest[source.partition]?.offset ?? .max) {
+            lowest[source.partition] = source
+        }
         inFlight[sequence] = lowest
     }
 
@@ -50,21 +53,29 @@ public struct OffsetCommitTracker: Sendable {
     /// Number of batches not yet acknowledged that carry event effects.
     public var unacknowledgedBatches: Int { inFlight.count }
 
-    /// New commit positions (next offset to consume) that moved since the last commit.
-    /// `pending` gives, per partition, the lowest offset counted in windows but not yet emitted.
-    public func offsetsToCommit(pending: (SourcePartition) -> Int64?) -> [SourcePartition: Int64] {
-        var result: [SourcePartition: Int64] = [:]
+    /// New commit positions (next offset to consume) that moved since the last commit, each
+    /// with the partition's highest event time before it (for the commit's metadata).
+    ///
+    /// - Parameters:
+    ///   - pending: per partition, the lowest offset counted in windows but not yet emitted.
+    ///   - maxEventTime: per partition, the highest event time consumed so far.
+    public func offsetsToCommit(
+        pending: (SourcePartition) -> SourceOffset?, maxEventTime: (SourcePartition) -> Int64?
+    ) -> [SourcePartition: SourceOffset] {
+        var result: [SourcePartition: SourceOffset] = [:]
         for partition in positions.indices where positions[partition] >= 0 {
-            var safe = positions[partition]
-            if let lowest = pending(partition) { safe = min(safe, lowest) }
-            for offsets in inFlight.values { safe = min(safe, offsets[partition]) }
-            if safe > committed[partition] { result[partition] = safe }
+            var safe = SourceOffset(partition: partition, offset: positions[partition], maxEventTimeBefore: maxEventTime(partition))
+            if let lowest = pending(partition), lowest.offset < safe.offset { safe = lowest }
+            for offsets in inFlight.values {
+                if let lowest = offsets[partition], lowest.offset < safe.offset { safe = lowest }
+            }
+            if safe.offset > committed[partition] { result[partition] = safe }
         }
         return result
     }
 
     /// Records a successful commit.
-    public mutating func committed(_ offsets: [SourcePartition: Int64]) {
-        for (partition, offset) in offsets { committed[partition] = max(committed[partition], offset) }
+    public mutating func committed(_ offsets: [SourcePartition: SourceOffset]) {
+        for (partition, offset) in offsets { committed[partition] = max(committed[partition], offset.offset) }
     }
 }

@@ -13,9 +13,9 @@ public typealias SourcePartition = Int
 ///   stream that stopped still closes its windows.
 /// - The pipeline watermark never moves backwards.
 public struct Watermarks: Sendable {
-    struct PartitionState: Sendable {
+    @usableFromInline struct PartitionState: Sendable {
         /// Highest event time seen, `nil` before the first event.
-        var maxEventTime: Int64?
+        @usableFromInline var maxEventTime: Int64?
         /// Processing time of the last event, or of the assignment before the first event.
         var lastActivity: Int64
         /// Whether an event arrived since the last ``Watermarks/advance(now:)``.
@@ -25,7 +25,7 @@ public struct Watermarks: Sendable {
 
     let outOfOrderness: Int64
     let idleTimeout: Int64
-    var partitions: [PartitionState]
+    @usableFromInline var partitions: [PartitionState]
     /// The pipeline watermark, `nil` until it is first defined.
     public private(set) var current: Timestamp?
 

@@ -61,10 +61,14 @@ public struct WindowRow: Hashable, Sendable {
 public struct SourceOffset: Hashable, Sendable {
     public var partition: SourcePartition
     public var offset: Int64
+    /// For a position to resume from: the highest event time of the partition's events before
+    /// `offset`, so that a consumer resuming there restores the partition's watermark exactly.
+    public var maxEventTimeBefore: Int64?
 
-    public init(partition: SourcePartition, offset: Int64) {
+    public init(partition: SourcePartition, offset: Int64, maxEventTimeBefore: Int64? = nil) {
         self.partition = partition
         self.offset = offset
+        self.maxEventTimeBefore = maxEventTimeBefore
     }
 }
 
@@ -143,6 +147,8 @@ public struct WindowAggregator: Sendable {
         var dirtyProducts: [ProductID] = []
         /// Per partition, the lowest offset not yet emitted; `Int64.max` when none.
         var pendingFrom: [Int64]
+        /// Per partition, the partition's highest event time before `pendingFrom`.
+        var pendingMaxBefore: [Int64?]
         /// Per partition, the highest offset counted; -1 when none.
         var includedThrough: [Int64]
         /// Per partition, offsets at or below which a previous run already counted the events.
@@ -150,6 +156,7 @@ public struct WindowAggregator: Sendable {
 
         init(partitionCount: Int) {
             pendingFrom = Array(repeating: .max, count: partitionCount)
+            pendingMaxBefore = Array(repeating: nil, count: partitionCount)
             includedThrough = Array(repeating: -1, count: partitionCount)
         }
     }
@@ -215,8 +222,9 @@ public struct WindowAggregator: Sendable {
             windows[start] = OpenWindow(partitionCount: watermarks.partitionCount)
             return ingest(kind, product, at: time, from: partition, offset: offset)
         }
+        let maxBefore = watermarks.partitions[partition].maxEventTime
         watermarks.observe(time, on: partition)
-        let counted = windows.values[index].count(kind, product, from: partition, offset: offset)
+        let counted = windows.values[index].count(kind, product, from: partition, offset: offset, maxBefore: maxBefore)
         guard counted else { return .alreadyCounted }
         if let watermark, end <= watermark { return .lateUpdate }
         return .counted
@@ -241,11 +249,21 @@ public struct WindowAggregator: Sendable {
         windows[windowStart.milliseconds] = window
     }
 
-    /// Lowest offset of `partition` whose event is counted but not yet emitted, if any.
-    public func lowestPendingOffset(of partition: SourcePartition) -> Int64? {
-        var lowest = Int64.max
-        for window in windows.values { lowest = min(lowest, window.pendingFrom[partition]) }
-        return lowest == .max ? nil : lowest
+    /// Lowest offset of `partition` whose event is counted but not yet emitted, if any, with
+    /// the partition's highest event time before it.
+    public func lowestPendingOffset(of partition: SourcePartition) -> SourceOffset? {
+        var lowest: SourceOffset?
+        for window in windows.values where window.pendingFrom[partition] < (lowest?.offset ?? .max) {
+            lowest = SourceOffset(partition: partition, offset: window.pendingFrom[partition], maxEventTimeBefore: window.pendingMaxBefore[partition])
+        }
+        return lowest
+    }
+
+    /// Resumes the watermark of `partition` at a committed position: `maxEventTime` is the
+    /// highest event time of the partition's events before that position (from the commit's
+    /// metadata), so replayed events are judged against the same watermark as the first time.
+    public mutating func restoreWatermark(of partition: SourcePartition, maxEventTime: Timestamp) {
+        watermarks.observeEvent(maxEventTime.milliseconds, on: partition)
     }
 
     /// Moves processing time to `now`: updates partition idleness and the watermark, emits
@@ -274,7 +292,7 @@ public struct WindowAggregator: Sendable {
 
 extension WindowAggregator.OpenWindow {
     /// Returns false when a previous run already counted this offset.
-    mutating func count(_ kind: EventKind, _ product: ProductID, from partition: SourcePartition, offset: Int64) -> Bool {
+    mutating func count(_ kind: EventKind, _ product: ProductID, from partition: SourcePartition, offset: Int64, maxBefore: Int64?) -> Bool {
         if let restoredThrough, offset <= restoredThrough[partition] { return false }
         if let index = products.index(forKey: product) {
             products.values[index].counts.add(kind)
@@ -288,7 +306,10 @@ extension WindowAggregator.OpenWindow {
             products[product] = .init(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true)
             dirtyProducts.append(product)
         }
-        if pendingFrom[partition] == .max { pendingFrom[partition] = offset }
+        if pendingFrom[partition] == .max {
+            pendingFrom[partition] = offset
+            pendingMaxBefore[partition] = maxBefore
+        }
         if offset > includedThrough[partition] { includedThrough[partition] = offset }
         return true
     }
@@ -311,8 +332,9 @@ extension WindowAggregator.OpenWindow {
         var included: [SourceOffset] = []
         for partition in pendingFrom.indices {
             if pendingFrom[partition] != .max {
-                firstNew.append(SourceOffset(partition: partition, offset: pendingFrom[partition]))
+                firstNew.append(SourceOffset(partition: partition, offset: pendingFrom[partition], maxEventTimeBefore: pendingMaxBefore[partition]))
                 pendingFrom[partition] = .max
+                pendingMaxBefore[partition] = nil
             }
             if includedThrough[partition] >= 0 {
                 included.append(SourceOffset(partition: partition, offset: includedThrough[partition]))

@@ -1,5 +1,9 @@
 import CRdKafka
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A partition of a topic.
 public struct TopicPartition: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var topic: String
@@ -196,26 +200,52 @@ public final class KafkaConsumer {
         return known
     }
 
-    /// Commits `offsets` (the next offset to consume, per partition) synchronously.
-    public func commit(_ offsets: [TopicPartition: Int64]) throws(KafkaError) {
+    /// A committed position: the next offset to consume, and the metadata string stored with it.
+    public struct CommittedOffset: Sendable, Hashable {
+        public var offset: Int64
+        public var metadata: String
+
+        public init(offset: Int64, metadata: String = "") {
+            self.offset = offset
+            self.metadata = metadata
+        }
+    }
+
+    /// Commits `offsets` synchronously, with their metadata.
+    public func commit(_ offsets: [TopicPartition: CommittedOffset]) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
-        let list = Self.makeList(offsets.keys.sorted()) { offsets[$0]! }
+        let list = Self.makeList(offsets.keys.sorted()) { offsets[$0]!.offset }
         defer { rd_kafka_topic_partition_list_destroy(list) }
+        let elements = UnsafeMutableBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
+        for index in elements.indices {
+            let key = TopicPartition(topic: String(cString: elements[index].topic), partition: elements[index].partition)
+            guard let metadata = offsets[key]?.metadata, !metadata.isEmpty else { continue }
+            // librdkafka frees the metadata with the list.
+            let bytes = Array(metadata.utf8)
+            let copy = malloc(bytes.count)!
+            bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            elements[index].metadata = copy
+            elements[index].metadata_size = bytes.count
+        }
         let error = rd_kafka_commit(handle, list, 0)
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR__NO_OFFSET else {
             throw KafkaError(error, context: "offset commit failed")
         }
     }
 
-    /// The committed offsets of `partitions` (absent when none is committed).
-    public func committedOffsets(_ partitions: [TopicPartition], timeout: Duration) throws(KafkaError) -> [TopicPartition: Int64] {
+    /// The committed offsets of `partitions` with their metadata (absent when none is committed).
+    public func committedOffsets(_ partitions: [TopicPartition], timeout: Duration) throws(KafkaError) -> [TopicPartition: CommittedOffset] {
         let list = Self.makeList(partitions) { _ in Int64(RD_KAFKA_OFFSET_INVALID) }
         defer { rd_kafka_topic_partition_list_destroy(list) }
         let error = rd_kafka_committed(handle, list, Int32(Self.milliseconds(timeout)))
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, context: "cannot read committed offsets") }
-        var result: [TopicPartition: Int64] = [:]
+        var result: [TopicPartition: CommittedOffset] = [:]
         for element in UnsafeBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt)) where element.offset >= 0 {
-            result[TopicPartition(topic: String(cString: element.topic), partition: element.partition)] = element.offset
+            let metadata = element.metadata.map {
+                String(decoding: UnsafeRawBufferPointer(start: $0, count: element.metadata_size), as: UTF8.self)
+            } ?? ""
+            result[TopicPartition(topic: String(cString: element.topic), partition: element.partition)] =
+                CommittedOffset(offset: element.offset, metadata: metadata)
         }
         return result
     }

@@ -36,7 +36,7 @@ import Testing
         #expect(windows.ingest(.impression, 1, at: t(9_500), from: 0, offset: 3) == .lateUpdate)
         let second = windows.advance(now: t(2))
         #expect(second.map(\.rows) == [[WindowRow(product: 1, totals: .init(impressions: 2, clicks: 1), delta: .init(impressions: 1, clicks: 1), revision: 1)]])
-        #expect(second.first?.firstNewOffsets == [SourceOffset(partition: 0, offset: 2)])
+        #expect(second.first?.firstNewOffsets == [SourceOffset(partition: 0, offset: 2, maxEventTimeBefore: 13_000)])
     }
 
     @Test func eventsAtOrPastEndPlusLatenessAreTooLate() {
@@ -80,12 +80,28 @@ import Testing
         _ = windows.ingest(.impression, 1, at: t(5_000), from: 0, offset: 10)
         _ = windows.ingest(.impression, 1, at: t(15_000), from: 0, offset: 11)
         _ = windows.ingest(.impression, 1, at: t(15_000), from: 1, offset: 3)
-        #expect(windows.lowestPendingOffset(of: 0) == 10)
-        #expect(windows.lowestPendingOffset(of: 1) == 3)
+        #expect(windows.lowestPendingOffset(of: 0) == SourceOffset(partition: 0, offset: 10, maxEventTimeBefore: nil))
+        #expect(windows.lowestPendingOffset(of: 1)?.offset == 3)
         _ = windows.ingest(.impression, 1, at: t(12_000), from: 1, offset: 4)
         _ = windows.advance(now: t(1))  // watermark 10_000: first window emitted
-        #expect(windows.lowestPendingOffset(of: 0) == 11)
-        #expect(windows.lowestPendingOffset(of: 1) == 3)
+        #expect(
+            windows.lowestPendingOffset(of: 0) == SourceOffset(partition: 0, offset: 11, maxEventTimeBefore: 5_000),
+            "resuming at offset 11 restores partition 0's highest event time before it"
+        )
+        #expect(windows.lowestPendingOffset(of: 1)?.offset == 3)
+    }
+
+    @Test func restoredWatermarkJudgesReplayedEventsLikeTheFirstRun() {
+        var first = makeAggregator()
+        _ = first.ingest(.impression, 1, at: t(40_000), from: 0, offset: 0)
+        _ = first.advance(now: t(1))
+        #expect(first.ingest(.click, 1, at: t(5_000), from: 0, offset: 1) == .tooLate(windowStart: t(0)))
+
+        var resumed = makeAggregator()
+        resumed.restoreWatermark(of: 0, maxEventTime: t(40_000))
+        _ = resumed.advance(now: t(1))
+        #expect(resumed.watermark == t(38_000), "the watermark is defined before any replayed event")
+        #expect(resumed.ingest(.click, 1, at: t(5_000), from: 0, offset: 1) == .tooLate(windowStart: t(0)))
     }
 
     @Test func restoredWindowsSkipWhatWasCountedAndContinueRevisions() {
