@@ -51,8 +51,8 @@ public final class KafkaConsumer {
     private final class Callbacks {
         let onRebalance: (RebalanceEvent) -> Void
         let onError: (KafkaError) -> Void
-        /// Incremented on every assignment change, to spot batches that straddle one.
-        var rebalances = 0
+        /// Incremented on every revocation, to spot batches fetched for a revoked assignment.
+        var revocations = 0
         init(onRebalance: @escaping (RebalanceEvent) -> Void, onError: @escaping (KafkaError) -> Void) {
             self.onRebalance = onRebalance
             self.onError = onError
@@ -101,13 +101,13 @@ public final class KafkaConsumer {
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
             let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
-            callbacks.rebalances += 1
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
                 callbacks.onRebalance(.assigned(list))
                 rd_kafka_assign(handle, partitions)
             default:
+                callbacks.revocations += 1
                 callbacks.onRebalance(.revoked(list))
                 rd_kafka_assign(handle, nil)
             }
@@ -150,17 +150,19 @@ public final class KafkaConsumer {
     /// (e.g. a partition that became unavailable) go to the `onError` handler.
     ///
     /// Rebalance handlers run inside this call, before any message is handed over. A batch
-    /// fetched across an assignment change is dropped whole: its messages belong to the old
-    /// assignment and are fetched again from the committed offsets.
+    /// during which partitions were revoked is dropped whole: its messages were fetched for the
+    /// old assignment, and whoever owns the partitions next fetches them again from the committed
+    /// offsets. (A new assignment cannot arrive in the same call as a revocation: the group must
+    /// be rejoined in between.)
     @discardableResult
     public func poll(maxMessages: Int, timeout: Duration, _ handle: (KafkaMessage) -> Void) -> Int {
         let count = min(maxMessages, messages.count)
-        let rebalancesBefore = callbacks.rebalances
+        let revocationsBefore = callbacks.revocations
         let received = messages.withUnsafeMutableBufferPointer { buffer in
             rd_kafka_consume_batch_queue(queue, Int32(Self.milliseconds(timeout)), buffer.baseAddress, count)
         }
         guard received > 0 else { return 0 }
-        if callbacks.rebalances != rebalancesBefore {
+        if callbacks.revocations != revocationsBefore {
             for index in 0..<received { messages[index].map { rd_kafka_message_destroy($0) } }
             return 0
         }
