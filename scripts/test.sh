@@ -12,6 +12,9 @@ swift build
 # Static checks of docker-compose.yml, the Dockerfile and the Grafana dashboard (no Docker engine here).
 python3 -m pytest -q tests/deploy
 
+# libFuzzer on the event decoder, bounded.
+./scripts/fuzz.sh 30
+
 # Exactly-once under faults, reduced size (the full size: see README).
 python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
 

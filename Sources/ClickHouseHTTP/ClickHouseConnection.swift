@@ -32,8 +32,16 @@ public struct ClickHouseEndpoint: Sendable, CustomStringConvertible {
         self.connectTimeout = connectTimeout
     }
 
-    /// The URL and database, never the credentials.
-    public var description: String { "\(url) (database \(database))" }
+    /// The URL (with any `user:password@` part redacted) and database, never the credentials.
+    public var description: String { "\(Self.redacted(url)) (database \(database))" }
+
+    /// `url` with the user-info part (`user:password@`) replaced by `<redacted>@`.
+    public static func redacted(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@"),
+            !url[scheme.upperBound..<at].contains("/")
+        else { return url }
+        return String(url[..<scheme.upperBound]) + "<redacted>" + String(url[at...])
+    }
 }
 
 /// A ClickHouse user and password. Its descriptions never show the password.
@@ -209,7 +217,7 @@ public final class ClickHouseConnection {
 
         guard code == CURLE_OK else {
             let message = curlMessage.isEmpty ? String(cString: curl_easy_strerror(code)) : curlMessage
-            throw .transport(Self.transportFailure(code), message: "\(message) (\(endpoint.url))")
+            throw .transport(Self.transportFailure(code), message: "\(message) (\(ClickHouseEndpoint.redacted(endpoint.url)))")
         }
         var status = 0
         ccurl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)

@@ -1,4 +1,5 @@
 import ClickHouseHTTP
+import Foundation
 import Testing
 
 @testable import ClickHouseSink
@@ -68,5 +69,27 @@ import Testing
         #expect(!ClickHouseError.server(code: nil, status: 400, message: "bad request").isRetryable)
         #expect(!refused.mayHaveBeenApplied)
         #expect(reset.mayHaveBeenApplied)
+    }
+}
+
+@Suite struct CredentialTests {
+    @Test func credentialsNeverAppearInDescriptions() throws {
+        let credentials = ClickHouseCredentials(user: "ctr", password: "s3cret")
+        #expect(!"\(credentials)".contains("s3cret"))
+        #expect(!String(reflecting: credentials).contains("s3cret"))
+        let endpoint = ClickHouseEndpoint(url: "https://ctr:s3cret@clickhouse:8443", database: "ctr", credentials: credentials)
+        #expect(!"\(endpoint)".contains("s3cret"))
+        #expect("\(endpoint)".contains("https://<redacted>@clickhouse:8443"))
+    }
+
+    @Test func credentialsComeFromTheEnvironmentOrAPasswordFile() throws {
+        #expect(try ClickHouseCredentials.fromEnvironment([:]) == nil)
+        let fromEnvironment = try #require(try ClickHouseCredentials.fromEnvironment(["CLICKHOUSE_USER": "u", "CLICKHOUSE_PASSWORD": "p"]))
+        #expect(fromEnvironment.user == "u" && fromEnvironment.password == "p")
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ch-password-\(UUID().uuidString)")
+        try "from-file\n".write(to: file, atomically: true, encoding: .utf8)
+        let fromFile = try #require(try ClickHouseCredentials.fromEnvironment(["CLICKHOUSE_USER": "u"], passwordFile: file.path))
+        #expect(fromFile.password == "from-file")
+        #expect(throws: ClickHouseConfigurationError.self) { try ClickHouseCredentials.fromEnvironment([:], passwordFile: "/nonexistent/file") }
     }
 }
