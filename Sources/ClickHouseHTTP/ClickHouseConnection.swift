@@ -96,8 +96,9 @@ public struct ClickHouseResponse: Sendable {
 
     /// The body split into lines, without the trailing empty line (for `TabSeparated` answers).
     public var lines: [Substring] {
-        text.split(separator: "\n", omittingEmptySubsequences: false).dropLast(text.hasSuffix("\n") ? 1 : 0)
-            .map { $0 }
+        let text = self.text
+        guard !text.isEmpty else { return [] }
+        return text.split(separator: "\n", omittingEmptySubsequences: false).dropLast(text.hasSuffix("\n") ? 1 : 0).map { $0 }
     }
 }
 

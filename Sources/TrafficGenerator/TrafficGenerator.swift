@@ -60,7 +60,7 @@ public enum InputTopic: Int, Sendable, Hashable, CaseIterable {
 public struct GeneratedMessage: Sendable {
     public enum Expectation: Sendable, Hashable {
         /// A valid event the aggregator counts.
-        case counted(product: Int, timestamp: Timestamp)
+        case counted(product: String, timestamp: Timestamp)
         /// A valid event behind the allowed lateness.
         case tooLate
         /// A contract violation of the named kind.
@@ -136,7 +136,8 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
             }
         }
         var timestamp = now - Int64(random.unit() * Double(configuration.disorder.value))
-        var expectation = GeneratedMessage.Expectation.counted(product: product, timestamp: Timestamp(milliseconds: timestamp))
+        let name = Self.productName(product)
+        var expectation = GeneratedMessage.Expectation.counted(product: name, timestamp: Timestamp(milliseconds: timestamp))
         let roll = random.unit()
         let lag = configuration.tooLateLag.value
         if roll < configuration.tooLateFraction && now - configuration.startTime.milliseconds >= lag + 30_000 {
@@ -144,40 +145,57 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
             expectation = .tooLate
         } else if roll < configuration.tooLateFraction + configuration.lateFraction {
             timestamp = now - 2_000 - Int64(random.unit() * 4_000)
-            expectation = .counted(product: product, timestamp: Timestamp(milliseconds: timestamp))
+            expectation = .counted(product: name, timestamp: Timestamp(milliseconds: timestamp))
         }
         return GeneratedMessage(
             topic: topic,
-            key: Array(Self.productName(product).utf8),
-            value: Self.eventJSON(product: product, user: user, timestamp: timestamp, kind: topic.kind, eventID: sequence),
+            key: Array(name.utf8),
+            value: Self.eventJSON(product: name, user: "u-\(user)", timestamp: timestamp, kind: topic.kind, eventID: "e-\(sequence)"),
             expectation: expectation
         )
     }
 
     /// A valid event, e.g. to advance the watermark at the end of a stream.
-    public static func event(product: Int, timestamp: Timestamp, topic: InputTopic, eventID: UInt64) -> GeneratedMessage {
+    public static func event(product: String, timestamp: Timestamp, topic: InputTopic, eventID: String, user: String = "u-0") -> GeneratedMessage {
         GeneratedMessage(
-            topic: topic, key: Array(productName(product).utf8),
-            value: eventJSON(product: product, user: 0, timestamp: timestamp.milliseconds, kind: topic.kind, eventID: eventID),
+            topic: topic, key: Array(product.utf8),
+            value: eventJSON(product: product, user: user, timestamp: timestamp.milliseconds, kind: topic.kind, eventID: eventID),
             expectation: .counted(product: product, timestamp: timestamp)
         )
     }
 
-    static func eventJSON(product: Int, user: Int, timestamp: Int64, kind: EventKind, eventID: UInt64) -> [UInt8] {
+    /// An event in the documented JSON contract; strings are escaped.
+    static func eventJSON(product: String, user: String, timestamp: Int64, kind: EventKind, eventID: String) -> [UInt8] {
         var json: [UInt8] = []
         json.reserveCapacity(128)
-        json.append(contentsOf: #"{"event_id":"e-"#.utf8)
-        json.append(contentsOf: String(eventID).utf8)
-        json.append(contentsOf: #"","product_id":""#.utf8)
-        json.append(contentsOf: productName(product).utf8)
-        json.append(contentsOf: #"","user_id":"u-"#.utf8)
-        json.append(contentsOf: String(user).utf8)
-        json.append(contentsOf: #"","event_type":""#.utf8)
+        json.append(contentsOf: #"{"event_id":"#.utf8)
+        appendJSONString(eventID, to: &json)
+        json.append(contentsOf: #","product_id":"#.utf8)
+        appendJSONString(product, to: &json)
+        json.append(contentsOf: #","user_id":"#.utf8)
+        appendJSONString(user, to: &json)
+        json.append(contentsOf: #","event_type":""#.utf8)
         json.append(contentsOf: kind.eventTypeName.utf8)
         json.append(contentsOf: #"","timestamp":"#.utf8)
         json.append(contentsOf: String(timestamp).utf8)
         json.append(UInt8(ascii: "}"))
         return json
+    }
+
+    static func appendJSONString(_ text: String, to json: inout [UInt8]) {
+        json.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                json.append(UInt8(ascii: "\\"))
+                json.append(byte)
+            case 0..<0x20:
+                json.append(contentsOf: Array(String(format: "\\u%04x", byte).utf8))
+            default:
+                json.append(byte)
+            }
+        }
+        json.append(UInt8(ascii: "\""))
     }
 
     private mutating func invalidMessage(_ now: Int64) -> GeneratedMessage {

@@ -4,7 +4,7 @@ import CTRWindows
 /// written as the producer's `--truth-file`.
 public struct Truth: Sendable {
     public struct Key: Hashable, Sendable, Comparable {
-        public var product: Int
+        public var product: String
         public var windowStart: Int64
         public static func < (lhs: Key, rhs: Key) -> Bool { (lhs.windowStart, lhs.product) < (rhs.windowStart, rhs.product) }
     }
@@ -55,7 +55,9 @@ public struct Truth: Sendable {
             let value = counts[key]!
             let end = key.windowStart + assigner.size.value
             let open = finalWatermark.map { end > $0.milliseconds } ?? true
-            append("    {\"product_id\": \"\(TrafficGenerator.productName(key.product))\", \"window_start_ms\": \(key.windowStart), ")
+            var product: [UInt8] = []
+            TrafficGenerator.appendJSONString(key.product, to: &product)
+            append("    {\"product_id\": \(String(decoding: product, as: UTF8.self)), \"window_start_ms\": \(key.windowStart), ")
             append("\"impressions\": \(value.impressions), \"clicks\": \(value.clicks), \"open\": \(open)}")
             append(index + 1 < counts.count ? ",\n" : "\n")
         }

@@ -79,15 +79,17 @@ struct Publisher {
 
     /// Sends one event per partition of both topics far enough ahead that every partition's
     /// watermark passes every window of the stream; returns the resulting watermark.
-    mutating func sendFinalWatermark(_ windows: WindowOptions, products: Int) throws -> Timestamp? {
+    mutating func sendFinalWatermark(_ windows: WindowOptions, productName: (Int) -> String) throws -> Timestamp? {
         guard !windows.noFinalWatermark, truth.maxEventTime > .min else { return nil }
         let time = Timestamp(milliseconds: truth.maxEventTime + windows.windowMs + windows.outOfOrdernessMs + windows.allowedLatenessMs + 1_000)
-        var eventID: UInt64 = 1 << 62
         for topic in InputTopic.allCases {
             let partitions = try producer.partitionCount(topic: kafka.topicName(topic), timeout: .seconds(10))
             for partition in 0..<partitions {
-                eventID += 1
-                try send(TrafficGenerator.event(product: partition % max(products, 1), timestamp: time, topic: topic, eventID: eventID), partition: Int32(partition))
+                let product = productName(partition)
+                try send(
+                    TrafficGenerator.event(product: product, timestamp: time, topic: topic, eventID: "final-\(topic)-\(partition)"),
+                    partition: Int32(partition)
+                )
             }
         }
         return time - Milliseconds(windows.outOfOrdernessMs)
@@ -111,7 +113,7 @@ struct ProducerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctr-producer",
         abstract: "Publish realistic impression and click traffic to Kafka.",
-        subcommands: [Synthetic.self],
+        subcommands: [Synthetic.self, Avazu.self],
         defaultSubcommand: Synthetic.self
     )
 }
@@ -175,8 +177,159 @@ struct Synthetic: ParsableCommand {
                 }
             }
         }
-        let watermark = try publisher.sendFinalWatermark(windows, products: products)
+        let products = self.products
+        let watermark = try publisher.sendFinalWatermark(windows) { TrafficGenerator.productName($0 % max(products, 1)) }
         try publisher.finish(windows, finalWatermark: watermark)
+    }
+}
+
+struct Avazu: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replay the Kaggle Avazu CTR training file (CSV, plain or .gz) as impressions and clicks.",
+        discussion: """
+            One impression per row, and a click for every row with click = 1. product_id is the value of \
+            --product-column (default site_id: the publisher site is the unit whose CTR ad-tech users tune, \
+            with a few thousand distinct values). Event time: `hour` (YYMMDDHH, UTC), each row placed \
+            deterministically within its hour by a hash of its id, its click 1 s later. Rows are published \
+            hour by hour in event-time order. Bad rows are reported on stderr with their line number and \
+            counted; they are not published.
+            """
+    )
+
+    @OptionGroup var kafka: KafkaOptions
+    @OptionGroup var windows: WindowOptions
+    @Option(help: "The Avazu CSV file (train or train.gz).") var file: String
+    @Option(help: "Column whose value becomes product_id.") var productColumn = "site_id"
+    @Option(help: "Replay this many times faster than real time; 0 sends as fast as possible.") var speedup: Double = 0
+    @Option(help: "Stop after this many rows.") var limit: Int?
+
+    func run() throws {
+        let reader = try LineReader(path: file)
+        guard let header = reader.next() else { throw ValidationError("\(file) is empty") }
+        let replay: AvazuReplay
+        do {
+            replay = try AvazuReplay(headerLine: String(header), productColumn: productColumn)
+        } catch {
+            throw ValidationError("\(file): \(error)")
+        }
+        var publisher = try Publisher(kafka: kafka, windows: windows)
+        var line = 1
+        var rows = 0
+        var badRows = 0
+        var hour: [GeneratedMessage] = []
+        var currentHour: Int64?
+        var firstEventTime: Int64?
+        let began = ContinuousClock.now
+        let interrupted = installInterruptHandler()
+
+        func flush() throws {
+            hour.sort { ($0.expectation.time ?? 0) < ($1.expectation.time ?? 0) }
+            for message in hour {
+                if speedup > 0, let time = message.expectation.time {
+                    let first = firstEventTime ?? time
+                    firstEventTime = first
+                    let due = Double(time - first) / 1000 / speedup
+                    let elapsed = ContinuousClock.now - began
+                    let ahead = due - (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                    if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
+                }
+                try publisher.send(message)
+            }
+            hour.removeAll(keepingCapacity: true)
+        }
+
+        while let text = reader.next() {
+            line += 1
+            if text.isEmpty { continue }
+            if let limit, rows >= limit { break }
+            if interrupted() { break }
+            let row: AvazuReplay.Row
+            do {
+                row = try replay.row(text, line: line)
+            } catch {
+                badRows += 1
+                FileHandle.standardError.write(Data("\(file):\(error)\n".utf8))
+                continue
+            }
+            rows += 1
+            let rowHour = row.impressionTime.milliseconds / 3_600_000
+            if rowHour != currentHour {
+                try flush()
+                currentHour = rowHour
+            }
+            let id = String(text.prefix(while: { $0 != "," }))
+            hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .impressions, eventID: id))
+            if row.clicked {
+                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.clickTime, topic: .clicks, eventID: id + "-click"))
+            }
+        }
+        try flush()
+        FileHandle.standardError.write(Data("read \(rows) rows, \(badRows) bad rows reported above\n".utf8))
+        let watermark = try publisher.sendFinalWatermark(windows) { _ in "avazu-end-of-stream" }
+        try publisher.finish(windows, finalWatermark: watermark)
+    }
+}
+
+extension GeneratedMessage.Expectation {
+    var time: Int64? {
+        if case .counted(_, let timestamp) = self { return timestamp.milliseconds }
+        return nil
+    }
+}
+
+/// Reads a text file line by line, through `gzip -dc` when the name ends in `.gz`.
+final class LineReader {
+    private let handle: FileHandle
+    private let process: Process?
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var finished = false
+
+    init(path: String) throws {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ValidationError("cannot read \(path): check that the file exists and is readable")
+        }
+        if path.hasSuffix(".gz") {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["gzip", "-dc", path]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            self.process = process
+            handle = pipe.fileHandleForReading
+        } else {
+            guard let file = FileHandle(forReadingAtPath: path) else { throw ValidationError("cannot open \(path)") }
+            handle = file
+            process = nil
+        }
+    }
+
+    /// The next line without its terminator (`\n` or `\r\n`), or `nil` at the end.
+    func next() -> Substring? {
+        while true {
+            if let newline = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                var end = newline
+                if end > start && buffer[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+                let line = String(decoding: buffer[start..<end], as: UTF8.self)
+                start = newline + 1
+                return Substring(line)
+            }
+            if finished {
+                guard start < buffer.count else { return nil }
+                let line = String(decoding: buffer[start...], as: UTF8.self)
+                start = buffer.count
+                return Substring(line)
+            }
+            buffer.removeFirst(start)
+            start = 0
+            let chunk = handle.readData(ofLength: 1 << 20)
+            if chunk.isEmpty { finished = true } else { buffer.append(contentsOf: chunk) }
+        }
+    }
+
+    deinit {
+        process?.waitUntilExit()
     }
 }
 

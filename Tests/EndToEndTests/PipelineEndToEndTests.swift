@@ -76,6 +76,72 @@ import Testing
         #expect(aggregator.stderr.contains("stopped"))
     }
 
+    /// The Avazu replay path on real rows (../shared/data/avazu_sample.csv): per-product
+    /// impressions and clicks in ClickHouse equal counts computed directly from the CSV.
+    @Test func avazuSampleReplaysExactly() throws {
+        let sample = PackagePaths.root.deletingLastPathComponent().appendingPathComponent("shared/data/avazu_sample.csv")
+        let directory = try PackagePaths.temporaryDirectory("ctr-e2e-avazu")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "avazu")
+        try ClickHouseTestServer.migrate(endpoint)
+        let broker = try DevBrokerProcess(directory: directory)
+        let aggregator = try ChildProcess(
+            PackagePaths.executable("ctr-aggregator"),
+            ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database,
+             "--metrics-port", "0", "--group-id", "avazu"],
+            logDirectory: directory, name: "aggregator"
+        )
+        defer { aggregator.stop() }
+        let producer = try ChildProcess.run(
+            PackagePaths.executable("ctr-producer"),
+            ["avazu", "--file", sample.path, "--brokers", broker.bootstrapServers, "--truth-file", directory.appendingPathComponent("truth.json").path]
+        )
+        #expect(producer.status == 0, "\(producer.stderr)")
+        #expect(producer.stderr.contains("read 100 rows, 0 bad rows"))
+
+        // Independent expectation straight from the CSV.
+        let lines = try String(contentsOf: sample, encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        let header = lines[0].map(String.init)
+        let site = header.firstIndex(of: "site_id")!
+        let click = header.firstIndex(of: "click")!
+        var expected: [String: (impressions: Int, clicks: Int)] = [:]
+        for row in lines.dropFirst() where row.count == header.count {
+            var value = expected[String(row[site])] ?? (0, 0)
+            value.impressions += 1
+            value.clicks += row[click] == "1" ? 1 : 0
+            expected[String(row[site])] = value
+        }
+        #expect(expected.values.reduce(0) { $0 + $1.clicks } == 20)
+
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        var actual: [String: (impressions: Int, clicks: Int)] = [:]
+        let settled = eventually(timeout: 60) {
+            let rows = (try? connection.rows(
+                "SELECT product_id, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw WHERE product_id != 'avazu-end-of-stream' GROUP BY product_id"
+            )) ?? []
+            actual = Dictionary(uniqueKeysWithValues: rows.filter { $0.count == 3 }.map { (String($0[0]), (Int($0[1]) ?? -1, Int($0[2]) ?? -1)) })
+            return actual.count == expected.count && actual.values.reduce(0) { $0 + $1.impressions } == 100
+        }
+        #expect(settled, "aggregator log:\n\(aggregator.stderr.suffix(2000))")
+        for (product, counts) in expected {
+            #expect(actual[product]?.impressions == counts.impressions && actual[product]?.clicks == counts.clicks, "\(product)")
+        }
+    }
+
+    @Test func avazuBadRowsAreReportedWithTheirLineNumber() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-avazu-bad")
+        let file = directory.appendingPathComponent("bad.csv")
+        try "id,click,hour,site_id\n1,0,14102100,a\n2,7,14102100,b\n3,1,141021,c\n4,1,14102101\n".write(to: file, atomically: true, encoding: .utf8)
+        let broker = try DevBrokerProcess(directory: directory)
+        let result = try ChildProcess.run(
+            PackagePaths.executable("ctr-producer"), ["avazu", "--file", file.path, "--brokers", broker.bootstrapServers, "--no-final-watermark"]
+        )
+        #expect(result.status == 0)
+        #expect(result.stderr.contains("bad.csv:line 3: click must be 0 or 1"))
+        #expect(result.stderr.contains("bad.csv:line 4: hour must be YYMMDDHH"))
+        #expect(result.stderr.contains("bad.csv:line 5: expected 4 fields, found 3"))
+        #expect(result.stderr.contains("read 1 rows, 3 bad rows"))
+    }
+
     @Test func aggregatorRefusesToStartWithoutTheSchema() throws {
         let directory = try PackagePaths.temporaryDirectory("ctr-e2e-noschema")
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "noschema")
