@@ -26,30 +26,37 @@ def query(url, database, sql):
     return [line.split("\t") for line in text.splitlines() if line]
 
 
+def micros(text):
+    whole, _, fraction = text.partition(".")
+    return int(whole) * 1_000_000 + int((fraction + "000000")[:6])
+
+
 def compare(truth, url, database):
     expected = {
-        (w["product_id"], w["window_start_ms"] // 1000): (w["impressions"], w["clicks"])
+        (w["product_id"], w["window_start_ms"] // 1000):
+            (w["impressions"], w["clicks"], w.get("conversions", 0), w.get("revenue_micros", 0))
         for w in truth["windows"]
         if not w["open"]
     }
     rows = query(
         url, database,
         "SELECT product_id, toUnixTimestamp(window_start), argMax(impressions, revision), argMax(clicks, revision), "
-        "sum(impressions_delta), sum(clicks_delta), count(), uniqExact(revision) "
+        "argMax(conversions, revision), toString(argMax(revenue, revision)), "
+        "sum(impressions_delta), sum(clicks_delta), sum(conversions_delta), toString(sum(revenue_delta)), count(), uniqExact(revision) "
         "FROM ctr_results_raw GROUP BY product_id, window_start",
     )
     actual = {}
     duplicated = 0
-    for product, start, impressions, clicks, delta_i, delta_c, count, revisions in rows:
+    for product, start, i, c, v, r, di, dc, dv, dr, count, revisions in rows:
         key = (product, int(start))
-        actual[key] = (int(impressions), int(clicks), int(delta_i), int(delta_c))
+        actual[key] = ((int(i), int(c), int(v), micros(r)), (int(di), int(dc), int(dv), micros(dr)))
         duplicated += int(count) - int(revisions)
     lost = sum(1 for key in expected if key not in actual)
     mismatched = 0
-    for key, (impressions, clicks) in expected.items():
+    for key, values in expected.items():
         if key in actual:
-            got = actual[key]
-            if got[0] != impressions or got[1] != clicks or got[2] != impressions or got[3] != clicks:
+            latest, deltas = actual[key]
+            if latest != values or deltas != values:
                 mismatched += 1
     open_keys = {(w["product_id"], w["window_start_ms"] // 1000) for w in truth["windows"] if w["open"]}
     unexpected = sum(1 for key in actual if key not in expected and key not in open_keys)
@@ -105,7 +112,7 @@ def main():
         time.sleep(1)
     sent = truth["events_sent"]
     print(
-        f"events={sent['impressions'] + sent['clicks']} invalid_sent={truth['invalid_sent']} too_late_sent={truth['too_late_sent']} "
+        f"events={sum(sent.values())} invalid_sent={truth['invalid_sent']} too_late_sent={truth['too_late_sent']} "
         + " ".join(f"{k}={v}" for k, v in result.items())
     )
     return 0 if ok else 1

@@ -12,6 +12,13 @@ public struct AggregatorConfiguration: Sendable {
     public var groupID: String
     public var impressionsTopic: String
     public var clicksTopic: String
+    /// Optional topic of purchase events; `nil` runs without conversions.
+    public var conversionsTopic: String?
+    /// Single-topic mode: every message of this topic is an impression, and also a click when
+    /// its ``clickField`` is 1. Replaces the impressions and clicks topics.
+    public var eventsTopic: String?
+    /// The click flag's field name in single-topic mode.
+    public var clickField: String
     public var deadLetterTopic: String
     public var clickHouse: ClickHouseEndpoint
     public var table: String
@@ -32,11 +39,28 @@ public struct AggregatorConfiguration: Sendable {
     /// How often a summary line is logged.
     public var statusInterval: Duration
 
+    /// The topics consumed, in subscription order.
+    public var inputTopics: [String] {
+        if let eventsTopic { return [eventsTopic] }
+        return [impressionsTopic, clicksTopic] + (conversionsTopic.map { [$0] } ?? [])
+    }
+
+    /// What messages of `topic` are.
+    public func shape(of topic: String) -> EventShape {
+        if topic == eventsTopic { return .impressionWithClickFlag(clickField: clickField) }
+        if topic == clicksTopic { return .kind(.click) }
+        if topic == conversionsTopic { return .kind(.conversion) }
+        return .kind(.impression)
+    }
+
     public init(
         kafka: KafkaConfiguration,
         groupID: String = "ctr-aggregator",
         impressionsTopic: String = "impressions",
         clicksTopic: String = "clicks",
+        conversionsTopic: String? = nil,
+        eventsTopic: String? = nil,
+        clickField: String = "click",
         deadLetterTopic: String = "ctr-dlq",
         clickHouse: ClickHouseEndpoint,
         table: String = "ctr_results_raw",
@@ -54,6 +78,9 @@ public struct AggregatorConfiguration: Sendable {
         self.groupID = groupID
         self.impressionsTopic = impressionsTopic
         self.clicksTopic = clicksTopic
+        self.conversionsTopic = conversionsTopic
+        self.eventsTopic = eventsTopic
+        self.clickField = clickField
         self.deadLetterTopic = deadLetterTopic
         self.clickHouse = clickHouse
         self.table = table

@@ -45,9 +45,9 @@ public final class AggregatorPipeline: @unchecked Sendable {
     struct Assignment {
         var partitions: [TopicPartition]
         var index: [TopicPartition: SourcePartition]
-        /// Source partition by subscription topic index (impressions 0, clicks 1) and partition.
+        /// Source partition by subscription topic index and partition.
         var sources: [[SourcePartition?]]
-        var kinds: [EventKind]
+        var shapes: [EventShape]
         var windows: WindowAggregator
         var tracker: OffsetCommitTracker
     }
@@ -120,7 +120,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
             let logger = self.logger
             consumer = try KafkaConsumer(
                 configuration: consumerConfiguration,
-                topics: [configuration.impressionsTopic, configuration.clicksTopic],
+                topics: configuration.inputTopics,
                 maxBatch: configuration.pollBatchSize,
                 onRebalance: { [unowned self] event in self.rebalance(event) },
                 onError: { error in logger.warning("kafka", metadata: ["error": "\(error)"]) }
@@ -133,7 +133,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
             "started",
             metadata: [
                 "instance": "\(instanceID)", "group": "\(configuration.groupID)",
-                "topics": "\(configuration.impressionsTopic),\(configuration.clicksTopic)",
+                "topics": "\(configuration.inputTopics.joined(separator: ","))",
                 "clickhouse": "\(configuration.clickHouse)",
             ]
         )
@@ -212,41 +212,64 @@ public final class AggregatorPipeline: @unchecked Sendable {
             Int(message.partition) < assignment.sources[message.topicIndex].count,
             let partition = assignment.sources[message.topicIndex][Int(message.partition)]
         else { return }
-        let kind = assignment.kinds[partition]
-        counters.recordConsumed(kind)
-        switch configuration.decoder.decode(message.payload, expecting: kind) {
+        let shape = assignment.shapes[partition]
+        switch configuration.decoder.decode(message.payload, shape: shape) {
         case .failure(let rejection):
+            counters.recordConsumed(shape.primaryKind)
             deadLetter(message, rejection, &counters)
         case .success(let event):
             let product = catalog.id(for: event.productID)
-            var result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
-            if case .needsRestore(let windowStart) = result {
-                restoreWindow(windowStart, &assignment, &catalog, &counters)
-                result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset)
-            }
-            switch result {
-            case .tooLate(let windowStart):
-                let end = windowStart + configuration.windows.windowSize
-                let watermark = assignment.windows.watermark?.milliseconds ?? 0
-                deadLetter(
-                    message,
-                    Rejection(
-                        .tooLate,
-                        "event time \(event.timestamp.milliseconds) ms falls in window [\(windowStart.milliseconds), \(end.milliseconds)) ms, "
-                            + "closed: watermark \(watermark) ms >= window end + allowed lateness \(configuration.windows.allowedLateness.value) ms"
-                    ),
-                    &counters
-                )
-            case .lateUpdate:
-                counters.lateUpdates += 1
-            case .alreadyCounted:
-                counters.alreadyCounted += 1
-            case .counted, .needsRestore:
-                break
+            switch shape {
+            case .kind(let kind):
+                count(kind, product, event, revenueMicros: event.revenueMicros, message, partition, &assignment, &catalog, &counters)
+            case .impressionWithClickFlag:
+                let impression = count(.impression, product, event, revenueMicros: 0, message, partition, &assignment, &catalog, &counters)
+                // The click has the impression's time: when that is too late, one dead letter covers both.
+                if event.clicked, impression != .tooLate {
+                    count(.click, product, event, revenueMicros: event.revenueMicros, message, partition, &assignment, &catalog, &counters)
+                }
             }
         }
         assignment.tracker.consumed(partition, offset: message.offset)
     }
+
+    /// Counts one event of `kind` (a single-topic message can be an impression and a click).
+    @discardableResult
+    private func count(
+        _ kind: EventKind, _ product: ProductID, _ event: DecodedEvent, revenueMicros: UInt64, _ message: KafkaMessage,
+        _ partition: SourcePartition, _ assignment: inout Assignment, _ catalog: inout ProductCatalog, _ counters: inout PipelineCounters
+    ) -> IngestOutcome {
+        counters.recordConsumed(kind)
+        var result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset, revenueMicros: revenueMicros)
+        if case .needsRestore(let windowStart) = result {
+            restoreWindow(windowStart, &assignment, &catalog, &counters)
+            result = assignment.windows.ingest(kind, product, at: event.timestamp, from: partition, offset: message.offset, revenueMicros: revenueMicros)
+        }
+        switch result {
+        case .tooLate(let windowStart):
+            let end = windowStart + configuration.windows.windowSize
+            let watermark = assignment.windows.watermark?.milliseconds ?? 0
+            deadLetter(
+                message,
+                Rejection(
+                    .tooLate,
+                    "event time \(event.timestamp.milliseconds) ms falls in window [\(windowStart.milliseconds), \(end.milliseconds)) ms, "
+                        + "closed: watermark \(watermark) ms >= window end + allowed lateness \(configuration.windows.allowedLateness.value) ms"
+                ),
+                &counters
+            )
+        case .lateUpdate:
+            counters.lateUpdates += 1
+        case .alreadyCounted:
+            counters.alreadyCounted += 1
+        case .counted, .needsRestore:
+            break
+        }
+        if case .tooLate = result { return .tooLate }
+        return .handled
+    }
+
+    enum IngestOutcome { case handled, tooLate }
 
     private func deadLetter(_ message: KafkaMessage, _ rejection: Rejection, _ counters: inout PipelineCounters) {
         counters.rejected[rejection.reason, default: 0] += 1
@@ -407,7 +430,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
             return
         }
         var index: [TopicPartition: SourcePartition] = [:]
-        let topics = [configuration.impressionsTopic, configuration.clicksTopic]
+        let topics = configuration.inputTopics
         var sources: [[SourcePartition?]] = topics.map { topic in
             Array(repeating: nil, count: Int(partitions.filter { $0.topic == topic }.map(\.partition).max() ?? -1) + 1)
         }
@@ -419,7 +442,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
             partitions: partitions,
             index: index,
             sources: sources,
-            kinds: partitions.map { $0.topic == configuration.clicksTopic ? .click : .impression },
+            shapes: partitions.map { configuration.shape(of: $0.topic) },
             windows: WindowAggregator(
                 configuration: configuration.windows, partitionCount: partitions.count, now: Self.wallClock(),
                 restoreThrough: restoreThrough
@@ -469,7 +492,8 @@ public final class AggregatorPipeline: @unchecked Sendable {
             let rows = try retryingQuery { connection throws(ClickHouseError) in
                 try connection.rows(
                     """
-                    SELECT product_id, max(revision), argMax(impressions, revision), argMax(clicks, revision) \
+                    SELECT product_id, max(revision), argMax(impressions, revision), argMax(clicks, revision), \
+                    argMax(conversions, revision), toString(argMax(revenue, revision)) \
                     FROM \(self.configuration.table) WHERE \(filter) GROUP BY product_id
                     """
                 )
@@ -483,10 +507,13 @@ public final class AggregatorPipeline: @unchecked Sendable {
                 )
             }
             var restored: [RestoredRow] = []
-            for row in rows where row.count == 4 {
-                guard let revision = UInt32(row[1]), let impressions = UInt64(row[2]), let clicks = UInt64(row[3]) else { continue }
+            for row in rows where row.count == 6 {
+                guard let revision = UInt32(row[1]), let impressions = UInt64(row[2]), let clicks = UInt64(row[3]),
+                    let conversions = UInt64(row[4]), let revenue = DecimalText.micros(row[5])
+                else { continue }
                 let product = catalog.id(for: TabSeparated.unescape(row[0]))
-                restored.append(RestoredRow(product: product, totals: WindowCounts(impressions: impressions, clicks: clicks), revision: revision))
+                let totals = WindowCounts(impressions: impressions, clicks: clicks, conversions: conversions, revenueMicros: revenue)
+                restored.append(RestoredRow(product: product, totals: totals, revision: revision))
             }
             var names: [String: SourcePartition] = [:]
             for (partition, position) in assignment.index { names[partition.description] = position }
@@ -561,6 +588,14 @@ struct CommitMetadata: Equatable {
     }
 
     var text: String { maxEventTime.map { "ctr1 maxts=\($0)" } ?? "ctr1" }
+}
+
+extension EventShape {
+    /// The kind a message of this shape counts as first.
+    var primaryKind: EventKind {
+        if case .kind(let kind) = self { return kind }
+        return .impression
+    }
 }
 
 /// Lets one event through per interval and counts the rest.

@@ -7,6 +7,7 @@ import Synchronization
 public struct PipelineCounters: Sendable {
     public var consumedImpressions = 0
     public var consumedClicks = 0
+    public var consumedConversions = 0
     public var rejected: [RejectionReason: Int] = [:]
     public var lateUpdates = 0
     public var alreadyCounted = 0
@@ -25,6 +26,7 @@ public struct PipelineCounters: Sendable {
         switch kind {
         case .impression: consumedImpressions += 1
         case .click: consumedClicks += 1
+        case .conversion: consumedConversions += 1
         }
     }
 
@@ -113,6 +115,7 @@ public final class PipelineMetrics: Sendable {
         }
         metric("ctr_events_consumed_total", "counter", "Events consumed, by topic kind.", [
             ("{kind=\"impression\"}", "\(pipeline.consumedImpressions)"), ("{kind=\"click\"}", "\(pipeline.consumedClicks)"),
+            ("{kind=\"conversion\"}", "\(pipeline.consumedConversions)"),
         ])
         metric("ctr_events_invalid_total", "counter", "Messages refused and sent to the dead-letter topic, by reason.",
             RejectionReason.allCases.filter { $0 != .tooLate }.map { ("{reason=\"\($0.rawValue)\"}", "\(pipeline.rejected[$0] ?? 0)") })

@@ -5,16 +5,23 @@ public typealias ProductID = UInt32
 public enum EventKind: UInt8, Sendable, Hashable, CaseIterable {
     case impression
     case click
+    /// A purchase following a click.
+    case conversion
 }
 
-/// Event counts of one product in one window.
+/// Event counts of one product in one window, and the revenue of its events.
 public struct WindowCounts: Hashable, Sendable, CustomStringConvertible {
     public var impressions: UInt64
     public var clicks: UInt64
+    public var conversions: UInt64
+    /// Revenue in micro-units of the currency (1 unit = 1,000,000), summed exactly.
+    public var revenueMicros: UInt64
 
-    public init(impressions: UInt64 = 0, clicks: UInt64 = 0) {
+    public init(impressions: UInt64 = 0, clicks: UInt64 = 0, conversions: UInt64 = 0, revenueMicros: UInt64 = 0) {
         self.impressions = impressions
         self.clicks = clicks
+        self.conversions = conversions
+        self.revenueMicros = revenueMicros
     }
 
     /// Clicks divided by impressions; 0 when there are no impressions. It may exceed 1, since a
@@ -24,18 +31,25 @@ public struct WindowCounts: Hashable, Sendable, CustomStringConvertible {
     }
 
     @inlinable
-    mutating func add(_ kind: EventKind) {
+    mutating func add(_ kind: EventKind, revenueMicros: UInt64) {
         switch kind {
         case .impression: impressions &+= 1
         case .click: clicks &+= 1
+        case .conversion: conversions &+= 1
         }
+        self.revenueMicros &+= revenueMicros
     }
 
     static func - (lhs: WindowCounts, rhs: WindowCounts) -> WindowCounts {
-        WindowCounts(impressions: lhs.impressions - rhs.impressions, clicks: lhs.clicks - rhs.clicks)
+        WindowCounts(
+            impressions: lhs.impressions - rhs.impressions, clicks: lhs.clicks - rhs.clicks,
+            conversions: lhs.conversions - rhs.conversions, revenueMicros: lhs.revenueMicros - rhs.revenueMicros
+        )
     }
 
-    public var description: String { "\(impressions) impressions, \(clicks) clicks" }
+    public var description: String {
+        "\(impressions) impressions, \(clicks) clicks, \(conversions) conversions, \(revenueMicros) revenue micros"
+    }
 }
 
 /// One output row: a product's counts in a window as of one emission.
@@ -206,7 +220,8 @@ public struct WindowAggregator: Sendable {
         _ product: ProductID,
         at time: Timestamp,
         from partition: SourcePartition,
-        offset: Int64
+        offset: Int64,
+        revenueMicros: UInt64 = 0
     ) -> IngestResult {
         let start = assigner.windowStart(for: time).milliseconds
         let end = start &+ configuration.windowSize.value
@@ -220,11 +235,11 @@ public struct WindowAggregator: Sendable {
                 return .needsRestore(windowStart: Timestamp(milliseconds: start))
             }
             windows[start] = OpenWindow(partitionCount: watermarks.partitionCount)
-            return ingest(kind, product, at: time, from: partition, offset: offset)
+            return ingest(kind, product, at: time, from: partition, offset: offset, revenueMicros: revenueMicros)
         }
         let maxBefore = watermarks.partitions[partition].maxEventTime
         watermarks.observe(time, on: partition)
-        let counted = windows.values[index].count(kind, product, from: partition, offset: offset, maxBefore: maxBefore)
+        let counted = windows.values[index].count(kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore)
         guard counted else { return .alreadyCounted }
         if let watermark, end <= watermark { return .lateUpdate }
         return .counted
@@ -292,17 +307,19 @@ public struct WindowAggregator: Sendable {
 
 extension WindowAggregator.OpenWindow {
     /// Returns false when a previous run already counted this offset.
-    mutating func count(_ kind: EventKind, _ product: ProductID, from partition: SourcePartition, offset: Int64, maxBefore: Int64?) -> Bool {
+    mutating func count(
+        _ kind: EventKind, _ product: ProductID, _ revenueMicros: UInt64, from partition: SourcePartition, offset: Int64, maxBefore: Int64?
+    ) -> Bool {
         if let restoredThrough, offset <= restoredThrough[partition] { return false }
         if let index = products.index(forKey: product) {
-            products.values[index].counts.add(kind)
+            products.values[index].counts.add(kind, revenueMicros: revenueMicros)
             if !products.values[index].isDirty {
                 products.values[index].isDirty = true
                 dirtyProducts.append(product)
             }
         } else {
             var counts = WindowCounts()
-            counts.add(kind)
+            counts.add(kind, revenueMicros: revenueMicros)
             products[product] = .init(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true)
             dirtyProducts.append(product)
         }

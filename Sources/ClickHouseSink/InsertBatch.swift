@@ -128,6 +128,14 @@ public struct InsertBatch: Sendable {
         body.append(contentsOf: String(row.delta.impressions).utf8)
         body.append(contentsOf: #","clicks_delta":"#.utf8)
         body.append(contentsOf: String(row.delta.clicks).utf8)
+        body.append(contentsOf: #","conversions":"#.utf8)
+        body.append(contentsOf: String(row.totals.conversions).utf8)
+        body.append(contentsOf: #","conversions_delta":"#.utf8)
+        body.append(contentsOf: String(row.delta.conversions).utf8)
+        body.append(contentsOf: #","revenue":"#.utf8)
+        DecimalText.append(micros: row.totals.revenueMicros, to: &body)
+        body.append(contentsOf: #","revenue_delta":"#.utf8)
+        DecimalText.append(micros: row.delta.revenueMicros, to: &body)
         body.append(contentsOf: #","revision":"#.utf8)
         body.append(contentsOf: String(row.revision).utf8)
         body.append(contentsOf: #","emitted_at":""#.utf8)
@@ -170,6 +178,32 @@ enum JSONText {
             }
         }
         body.append(UInt8(ascii: "\""))
+    }
+}
+
+/// Exact decimal text of micro-units, as ClickHouse reads `Decimal(18, 6)`.
+public enum DecimalText {
+    public static func append(micros: UInt64, to body: inout [UInt8]) {
+        body.append(contentsOf: String(micros / 1_000_000).utf8)
+        let fraction = micros % 1_000_000
+        guard fraction > 0 else { return }
+        let digits = String(fraction)
+        body.append(UInt8(ascii: "."))
+        body.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: 6 - digits.utf8.count))
+        body.append(contentsOf: digits.utf8)
+    }
+
+    /// Micro-units of a non-negative decimal text such as `12.5` or `3.000001`.
+    public static func micros<S: StringProtocol>(_ text: S) -> UInt64? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let whole = UInt64(parts[0]) else { return nil }
+        var fraction: UInt64 = 0
+        if parts.count == 2 {
+            let digits = parts[1]
+            guard digits.count <= 6, digits.allSatisfy(\.isNumber) else { return nil }
+            fraction = (UInt64(digits) ?? 0) * [1, 100_000, 10_000, 1_000, 100, 10, 1][digits.count]
+        }
+        return whole * 1_000_000 + fraction
     }
 }
 

@@ -33,6 +33,10 @@ public enum RejectionReason: String, Sendable, Hashable, CaseIterable {
     case timestampOutOfRange = "timestamp_out_of_range"
     /// `event_type` does not match the topic.
     case wrongEventType = "wrong_event_type"
+    /// `revenue` is not a non-negative decimal number with at most 6 decimals.
+    case invalidRevenue = "invalid_revenue"
+    /// The click flag of a single-topic event is not 0, 1, true or false.
+    case invalidClickFlag = "invalid_click_flag"
     /// The event's window had closed (watermark past window end + allowed lateness).
     case tooLate = "too_late"
 }
@@ -56,11 +60,26 @@ public struct DecodedEvent: Sendable, Hashable {
     public var productID: String
     /// Event time.
     public var timestamp: Timestamp
+    /// `revenue` in micro-units of the currency (0 when absent).
+    public var revenueMicros: UInt64
+    /// Single-topic mode: whether the impression was clicked.
+    public var clicked: Bool
 
-    public init(productID: String, timestamp: Timestamp) {
+    public init(productID: String, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
         self.productID = productID
         self.timestamp = timestamp
+        self.revenueMicros = revenueMicros
+        self.clicked = clicked
     }
+}
+
+/// What a message is expected to be.
+public enum EventShape: Sendable, Hashable {
+    /// An event of one kind, from a topic of that kind (`event_type` must match if present).
+    case kind(EventKind)
+    /// Single-topic mode: an impression that is also a click when the field `clickField` is 1
+    /// (or `true`). `event_type`, if present, is ignored.
+    case impressionWithClickFlag(clickField: String)
 }
 
 /// Decodes and validates the JSON event contract without building a JSON tree.
@@ -68,8 +87,10 @@ public struct DecodedEvent: Sendable, Hashable {
 /// Contract: a JSON object with `product_id` (non-empty string, at most
 /// ``maximumProductIDBytes`` bytes of UTF-8) and `timestamp` (integer epoch milliseconds, or an
 /// ISO-8601 date-time string with `Z` or a UTC offset); optional `event_type`, which must equal
-/// the expected kind (`"impression"` or `"click"`); every other field is ignored, but the whole
-/// value must still be well-formed JSON and valid UTF-8.
+/// the expected kind (`"impression"`, `"click"` or `"conversion"`); optional `revenue` on clicks
+/// and conversions (a non-negative decimal number with at most 6 decimals, at most 10^12,
+/// kept exactly as integer micro-units); every other field is ignored, but the whole value must
+/// still be well-formed JSON and valid UTF-8.
 ///
 /// It scans the bytes once and allocates only the product id string (not at all for ids of
 /// up to 15 bytes).
@@ -98,12 +119,17 @@ public struct EventDecoder: Sendable {
 
     /// Decodes `bytes` as an event of kind `expected`.
     public func decode(_ bytes: UnsafeRawBufferPointer, expecting expected: EventKind) -> Result<DecodedEvent, Rejection> {
+        decode(bytes, shape: .kind(expected))
+    }
+
+    /// Decodes `bytes` as an event of the given shape.
+    public func decode(_ bytes: UnsafeRawBufferPointer, shape: EventShape) -> Result<DecodedEvent, Rejection> {
         guard bytes.count <= maximumMessageBytes else {
             return .failure(Rejection(.tooLarge, "value is \(bytes.count) bytes, the limit is \(maximumMessageBytes)"))
         }
         var scanner = JSONScanner(bytes: bytes, maximumDepth: maximumDepth)
         do {
-            return .success(try scanner.event(expecting: expected, timestampRange: timestampRange))
+            return .success(try scanner.event(shape: shape, timestampRange: timestampRange))
         } catch {
             return .failure(error)
         }
@@ -121,6 +147,7 @@ extension EventKind {
         switch self {
         case .impression: "impression"
         case .click: "click"
+        case .conversion: "conversion"
         }
     }
 }
@@ -140,10 +167,16 @@ struct JSONScanner {
     }
 
     private enum Field {
-        case productID, timestamp, eventType, other
+        case productID, timestamp, eventType, revenue, clickFlag, other
     }
 
-    mutating func event(expecting expected: EventKind, timestampRange: ClosedRange<Int64>) throws(Rejection) -> DecodedEvent {
+    mutating func event(shape: EventShape, timestampRange: ClosedRange<Int64>) throws(Rejection) -> DecodedEvent {
+        let clickField: [UInt8]?
+        let expected: EventKind?
+        switch shape {
+        case .kind(let kind): (clickField, expected) = (nil, kind)
+        case .impressionWithClickFlag(let field): (clickField, expected) = (Array(field.utf8), nil)
+        }
         skipWhitespace()
         guard index < bytes.count else { throw Rejection(.notJSON, "value is empty") }
         guard bytes[index] == UInt8(ascii: "{") else {
@@ -161,13 +194,15 @@ struct JSONScanner {
         var productID: String?
         var timestamp: Int64?
         var sawEventType = false
+        var revenue: UInt64?
+        var clicked: Bool?
         skipWhitespace()
         if peek() == UInt8(ascii: "}") {
             index += 1
         } else {
             while true {
                 skipWhitespace()
-                let field = try key()
+                let field = try key(clickField: clickField)
                 skipWhitespace()
                 try expect(UInt8(ascii: ":"))
                 skipWhitespace()
@@ -181,7 +216,15 @@ struct JSONScanner {
                 case .eventType:
                     guard !sawEventType else { throw Rejection(.duplicateField, "event_type appears twice") }
                     sawEventType = true
-                    try eventTypeValue(expected)
+                    if let expected { try eventTypeValue(expected) } else { try skipValue(depth: 1) }
+                case .revenue where expected == .impression:
+                    try skipValue(depth: 1)
+                case .revenue:
+                    guard revenue == nil else { throw Rejection(.duplicateField, "revenue appears twice") }
+                    revenue = try revenueValue()
+                case .clickFlag:
+                    guard clicked == nil else { throw Rejection(.duplicateField, "the click field appears twice") }
+                    clicked = try clickFlagValue()
                 case .other:
                     try skipValue(depth: 1)
                 }
@@ -204,28 +247,73 @@ struct JSONScanner {
                 "timestamp \(timestamp) ms is outside the accepted range \(timestampRange.lowerBound)...\(timestampRange.upperBound) ms"
             )
         }
-        return DecodedEvent(productID: productID, timestamp: Timestamp(milliseconds: timestamp))
+        if clickField != nil && clicked == nil {
+            throw Rejection(.missingField, "the click field \(String(decoding: clickField!, as: UTF8.self)) is required in single-topic mode")
+        }
+        return DecodedEvent(productID: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false)
     }
 
     // MARK: Fields
 
-    private mutating func key() throws(Rejection) -> Field {
+    private mutating func key(clickField: [UInt8]?) throws(Rejection) -> Field {
         guard peek() == quote else { throw Rejection(.notJSON, "expected a field name at byte \(index)") }
         let start = index + 1
         let (end, escaped) = try scanString()
-        let raw = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-        if escaped {
-            switch try unescape(start, end) {
-            case "product_id": return .productID
-            case "timestamp": return .timestamp
-            case "event_type": return .eventType
-            default: return .other
-            }
+        let name: [UInt8] = escaped ? Array(try unescape(start, end).utf8) : Array(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        if let clickField, name == clickField { return .clickFlag }
+        return name.withUnsafeBytes { raw in
+            if Self.equals(raw, "product_id") { return .productID }
+            if Self.equals(raw, "timestamp") { return .timestamp }
+            if Self.equals(raw, "event_type") { return .eventType }
+            if Self.equals(raw, "revenue") { return .revenue }
+            return .other
         }
-        if Self.equals(raw, "product_id") { return .productID }
-        if Self.equals(raw, "timestamp") { return .timestamp }
-        if Self.equals(raw, "event_type") { return .eventType }
-        return .other
+    }
+
+    /// `revenue`: a non-negative decimal JSON number with at most 6 decimals and no exponent,
+    /// at most 10^12, as exact micro-units.
+    private mutating func revenueValue() throws(Rejection) -> UInt64 {
+        guard let first = peek(), first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else {
+            throw Rejection(.invalidRevenue, "revenue must be a number, found \(describeValueStart())")
+        }
+        let start = index
+        try skipNumber()
+        let text = Array(UnsafeRawBufferPointer(rebasing: bytes[start..<index]))
+        let shown = String(decoding: text.prefix(32), as: UTF8.self)
+        guard text.first != UInt8(ascii: "-") else { throw Rejection(.invalidRevenue, "revenue must not be negative, found \(shown)") }
+        guard !text.contains(UInt8(ascii: "e")) && !text.contains(UInt8(ascii: "E")) else {
+            throw Rejection(.invalidRevenue, "revenue must be written without exponent, found \(shown)")
+        }
+        let parts = text.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        let whole = parts[0]
+        let fraction = parts.count > 1 ? parts[1] : []
+        guard fraction.count <= 6 else { throw Rejection(.invalidRevenue, "revenue has more than 6 decimals: \(shown)") }
+        guard whole.count <= 13 else { throw Rejection(.invalidRevenue, "revenue is larger than 10^12: \(shown)") }
+        var micros: UInt64 = 0
+        for digit in whole { micros = micros * 10 + UInt64(digit - 0x30) }
+        var fractionMicros: UInt64 = 0
+        for position in 0..<6 { fractionMicros = fractionMicros * 10 + (position < fraction.count ? UInt64(fraction[fraction.startIndex + position] - 0x30) : 0) }
+        guard micros <= 1_000_000_000_000 else { throw Rejection(.invalidRevenue, "revenue is larger than 10^12: \(shown)") }
+        return micros * 1_000_000 + fractionMicros
+    }
+
+    /// The single-topic click flag: 0, 1, false or true.
+    private mutating func clickFlagValue() throws(Rejection) -> Bool {
+        switch peek() {
+        case UInt8(ascii: "0"), UInt8(ascii: "1"):
+            let start = index
+            try skipNumber()
+            guard index == start + 1 else { throw Rejection(.invalidClickFlag, "the click flag must be 0 or 1") }
+            return bytes[start] == UInt8(ascii: "1")
+        case UInt8(ascii: "t"):
+            try literal("true")
+            return true
+        case UInt8(ascii: "f"):
+            try literal("false")
+            return false
+        default:
+            throw Rejection(.invalidClickFlag, "the click flag must be 0, 1, true or false, found \(describeValueStart())")
+        }
     }
 
     private mutating func productIDValue() throws(Rejection) -> String {

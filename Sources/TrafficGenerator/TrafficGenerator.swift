@@ -29,12 +29,26 @@ public struct TrafficConfiguration: Sendable {
     public var invalidFraction: Double
     /// Delay of a click after its impression, in event time.
     public var clickDelay: ClosedRange<Int64>
+    /// Fraction of clicks followed by a conversion (purchase) 1 to 10 s later; 0 sends none.
+    public var conversionRate: Double
+    /// Mean revenue of a click (cost per click), in currency units; 0 sends no click revenue.
+    public var revenuePerClick: Double
+    /// Mean revenue of a conversion (order value), in currency units.
+    public var revenuePerConversion: Double
+    /// Single-topic mode: impressions carry a `click` flag (and the click's revenue) instead of
+    /// separate click events.
+    public var singleTopic: Bool
 
     public init(
         products: Int = 1_000, meanCTR: Double = 0.04, seed: UInt64 = 1, startTime: Timestamp, eventRate: Double = 1_000,
         disorder: Milliseconds = Milliseconds(1_000), lateFraction: Double = 0, tooLateFraction: Double = 0,
-        tooLateLag: Milliseconds = .seconds(120), invalidFraction: Double = 0, clickDelay: ClosedRange<Int64> = 200...3_000
+        tooLateLag: Milliseconds = .seconds(120), invalidFraction: Double = 0, clickDelay: ClosedRange<Int64> = 200...3_000,
+        conversionRate: Double = 0, revenuePerClick: Double = 0, revenuePerConversion: Double = 0, singleTopic: Bool = false
     ) {
+        self.conversionRate = conversionRate
+        self.revenuePerClick = revenuePerClick
+        self.revenuePerConversion = revenuePerConversion
+        self.singleTopic = singleTopic
         self.tooLateLag = tooLateLag
         self.products = products
         self.meanCTR = meanCTR
@@ -51,16 +65,24 @@ public struct TrafficConfiguration: Sendable {
 
 /// The input topics.
 public enum InputTopic: Int, Sendable, Hashable, CaseIterable {
-    case impressions, clicks
+    case impressions, clicks, conversions
+    /// Single-topic mode: impressions with a click flag.
+    case events
 
-    public var kind: EventKind { self == .impressions ? .impression : .click }
+    public var kind: EventKind {
+        switch self {
+        case .impressions, .events: .impression
+        case .clicks: .click
+        case .conversions: .conversion
+        }
+    }
 }
 
 /// One message to publish, with what the aggregator is expected to make of it.
 public struct GeneratedMessage: Sendable {
     public enum Expectation: Sendable, Hashable {
-        /// A valid event the aggregator counts.
-        case counted(product: String, timestamp: Timestamp)
+        /// A valid event the aggregator counts: what it adds to its (product, window).
+        case counted(product: String, timestamp: Timestamp, counts: WindowCounts)
         /// A valid event behind the allowed lateness.
         case tooLate
         /// A contract violation of the named kind.
@@ -82,7 +104,7 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
     public let configuration: TrafficConfiguration
     private var random: SplitMix64
     private var clickRates: [Double]
-    private var pendingClicks = ClickQueue()
+    private var pendingEvents = EventQueue()
     private var nominal: Double
     private var sequence: UInt64 = 0
     /// Highest nominal event time so far.
@@ -122,50 +144,102 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
         }
         let product: Int
         let user: Int
-        let topic: InputTopic
-        if let click = pendingClicks.peek(), click.time <= now {
-            _ = pendingClicks.pop()
-            (product, user, topic) = (click.product, click.user, .clicks)
+        var topic: InputTopic
+        var clicked = false
+        var revenue: UInt64 = 0
+        if let pending = pendingEvents.peek(), pending.time <= now {
+            _ = pendingEvents.pop()
+            (product, user, topic) = (pending.product, pending.user, pending.kind == .conversion ? .conversions : .clicks)
+            revenue = pending.revenueMicros
         } else {
             product = Int(random.next() % UInt64(clickRates.count))
             user = Int(random.next() % 100_000)
-            topic = .impressions
+            topic = configuration.singleTopic ? .events : .impressions
             if random.unit() < clickRates[product] {
-                let delay = Int64.random(in: configuration.clickDelay, using: &random)
-                pendingClicks.push(PendingClick(time: now + delay, product: product, user: user))
+                let clickRevenue = randomAmount(mean: configuration.revenuePerClick)
+                if configuration.singleTopic {
+                    clicked = true
+                    revenue = clickRevenue
+                } else {
+                    let delay = Int64.random(in: configuration.clickDelay, using: &random)
+                    pendingEvents.push(PendingEvent(time: now + delay, product: product, user: user, kind: .click, revenueMicros: clickRevenue))
+                }
+                if random.unit() < configuration.conversionRate {
+                    let delay = Int64.random(in: 1_000...10_000, using: &random)
+                    pendingEvents.push(
+                        PendingEvent(
+                            time: now + delay, product: product, user: user, kind: .conversion,
+                            revenueMicros: randomAmount(mean: configuration.revenuePerConversion)
+                        )
+                    )
+                }
             }
         }
         var timestamp = now - Int64(random.unit() * Double(configuration.disorder.value))
         let name = Self.productName(product)
-        var expectation = GeneratedMessage.Expectation.counted(product: name, timestamp: Timestamp(milliseconds: timestamp))
         let roll = random.unit()
         let lag = configuration.tooLateLag.value
+        var tooLate = false
         if roll < configuration.tooLateFraction && now - configuration.startTime.milliseconds >= lag + 30_000 {
             timestamp = now - lag - Int64(random.unit() * Double(lag / 2))
-            expectation = .tooLate
+            tooLate = true
         } else if roll < configuration.tooLateFraction + configuration.lateFraction {
             timestamp = now - 2_000 - Int64(random.unit() * 4_000)
-            expectation = .counted(product: name, timestamp: Timestamp(milliseconds: timestamp))
+        }
+        var counts = WindowCounts(revenueMicros: revenue)
+        switch topic {
+        case .impressions: counts.impressions = 1
+        case .clicks: counts.clicks = 1
+        case .conversions: counts.conversions = 1
+        case .events:
+            counts.impressions = 1
+            counts.clicks = clicked ? 1 : 0
         }
         return GeneratedMessage(
             topic: topic,
             key: Array(name.utf8),
-            value: Self.eventJSON(product: name, user: "u-\(user)", timestamp: timestamp, kind: topic.kind, eventID: "e-\(sequence)"),
-            expectation: expectation
+            value: Self.eventJSON(
+                product: name, user: "u-\(user)", timestamp: timestamp, kind: topic.kind, eventID: "e-\(sequence)",
+                revenueMicros: revenue > 0 ? revenue : nil,
+                clickFlag: topic == .events ? clicked : nil
+            ),
+            expectation: tooLate ? .tooLate : .counted(product: name, timestamp: Timestamp(milliseconds: timestamp), counts: counts)
         )
     }
 
+    /// A uniformly random amount in [0, 2 × mean], in whole cents, as micro-units.
+    private mutating func randomAmount(mean: Double) -> UInt64 {
+        guard mean > 0 else { return 0 }
+        return UInt64((random.unit() * 2 * mean * 100).rounded(.down)) * 10_000
+    }
+
     /// A valid event, e.g. to advance the watermark at the end of a stream.
-    public static func event(product: String, timestamp: Timestamp, topic: InputTopic, eventID: String, user: String = "u-0") -> GeneratedMessage {
-        GeneratedMessage(
+    public static func event(
+        product: String, timestamp: Timestamp, topic: InputTopic, eventID: String, user: String = "u-0", clicked: Bool = false
+    ) -> GeneratedMessage {
+        var counts = WindowCounts()
+        switch topic {
+        case .impressions: counts.impressions = 1
+        case .clicks: counts.clicks = 1
+        case .conversions: counts.conversions = 1
+        case .events:
+            counts.impressions = 1
+            counts.clicks = clicked ? 1 : 0
+        }
+        return GeneratedMessage(
             topic: topic, key: Array(product.utf8),
-            value: eventJSON(product: product, user: user, timestamp: timestamp.milliseconds, kind: topic.kind, eventID: eventID),
-            expectation: .counted(product: product, timestamp: timestamp)
+            value: eventJSON(
+                product: product, user: user, timestamp: timestamp.milliseconds, kind: topic.kind, eventID: eventID,
+                revenueMicros: nil, clickFlag: topic == .events ? clicked : nil
+            ),
+            expectation: .counted(product: product, timestamp: timestamp, counts: counts)
         )
     }
 
     /// An event in the documented JSON contract; strings are escaped.
-    static func eventJSON(product: String, user: String, timestamp: Int64, kind: EventKind, eventID: String) -> [UInt8] {
+    static func eventJSON(
+        product: String, user: String, timestamp: Int64, kind: EventKind, eventID: String, revenueMicros: UInt64?, clickFlag: Bool?
+    ) -> [UInt8] {
         var json: [UInt8] = []
         json.reserveCapacity(128)
         json.append(contentsOf: #"{"event_id":"#.utf8)
@@ -174,9 +248,23 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
         appendJSONString(product, to: &json)
         json.append(contentsOf: #","user_id":"#.utf8)
         appendJSONString(user, to: &json)
-        json.append(contentsOf: #","event_type":""#.utf8)
-        json.append(contentsOf: kind.eventTypeName.utf8)
-        json.append(contentsOf: #"","timestamp":"#.utf8)
+        if let clickFlag {
+            json.append(contentsOf: #","click":"#.utf8)
+            json.append(clickFlag ? UInt8(ascii: "1") : UInt8(ascii: "0"))
+        } else {
+            json.append(contentsOf: #","event_type":""#.utf8)
+            json.append(contentsOf: kind.eventTypeName.utf8)
+            json.append(UInt8(ascii: "\""))
+        }
+        if let revenueMicros {
+            json.append(contentsOf: #","revenue":"#.utf8)
+            json.append(contentsOf: String(revenueMicros / 1_000_000).utf8)
+            json.append(UInt8(ascii: "."))
+            let fraction = String(revenueMicros % 1_000_000)
+            json.append(contentsOf: String(repeating: "0", count: 6 - fraction.count).utf8)
+            json.append(contentsOf: fraction.utf8)
+        }
+        json.append(contentsOf: #","timestamp":"#.utf8)
         json.append(contentsOf: String(timestamp).utf8)
         json.append(UInt8(ascii: "}"))
         return json
@@ -214,22 +302,30 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
 }
 
 extension EventKind {
-    var eventTypeName: String { self == .impression ? "impression" : "click" }
+    var eventTypeName: String {
+        switch self {
+        case .impression: "impression"
+        case .click: "click"
+        case .conversion: "conversion"
+        }
+    }
 }
 
-struct PendingClick: Sendable {
+struct PendingEvent: Sendable {
     var time: Int64
     var product: Int
     var user: Int
+    var kind: EventKind
+    var revenueMicros: UInt64
 }
 
-/// A binary min-heap of clicks by time.
-struct ClickQueue: Sendable {
-    private var heap: [PendingClick] = []
+/// A binary min-heap of scheduled clicks and conversions by time.
+struct EventQueue: Sendable {
+    private var heap: [PendingEvent] = []
 
-    func peek() -> PendingClick? { heap.first }
+    func peek() -> PendingEvent? { heap.first }
 
-    mutating func push(_ click: PendingClick) {
+    mutating func push(_ click: PendingEvent) {
         heap.append(click)
         var child = heap.count - 1
         while child > 0 {
@@ -240,7 +336,7 @@ struct ClickQueue: Sendable {
         }
     }
 
-    mutating func pop() -> PendingClick? {
+    mutating func pop() -> PendingEvent? {
         guard !heap.isEmpty else { return nil }
         heap.swapAt(0, heap.count - 1)
         let top = heap.removeLast()

@@ -24,16 +24,29 @@ public struct Truth: Sendable {
     public mutating func record(_ message: GeneratedMessage) {
         sent[message.topic, default: 0] += 1
         switch message.expectation {
-        case .counted(let product, let timestamp):
+        case .counted(let product, let timestamp, let added):
             let key = Key(product: product, windowStart: assigner.windowStart(for: timestamp).milliseconds)
             var value = counts[key] ?? WindowCounts()
-            if message.topic == .impressions { value.impressions += 1 } else { value.clicks += 1 }
+            value.impressions += added.impressions
+            value.clicks += added.clicks
+            value.conversions += added.conversions
+            value.revenueMicros += added.revenueMicros
             counts[key] = value
             maxEventTime = max(maxEventTime, timestamp.milliseconds)
         case .tooLate:
             tooLate += 1
         case .invalid(let kind):
             invalid[kind, default: 0] += 1
+        }
+    }
+
+    /// Everything counted, over all windows.
+    public var totals: WindowCounts {
+        counts.values.reduce(into: WindowCounts()) {
+            $0.impressions += $1.impressions
+            $0.clicks += $1.clicks
+            $0.conversions += $1.conversions
+            $0.revenueMicros += $1.revenueMicros
         }
     }
 
@@ -44,12 +57,14 @@ public struct Truth: Sendable {
         func append(_ text: String) { out.append(contentsOf: text.utf8) }
         append("{\n  \"window_ms\": \(assigner.size.value),\n")
         append("  \"final_watermark_ms\": \(finalWatermark.map { String($0.milliseconds) } ?? "null"),\n")
-        append("  \"events_sent\": {\"impressions\": \(sent[.impressions] ?? 0), \"clicks\": \(sent[.clicks] ?? 0)},\n")
+        append("  \"events_sent\": {\"impressions\": \(sent[.impressions] ?? 0), \"clicks\": \(sent[.clicks] ?? 0), ")
+        append("\"conversions\": \(sent[.conversions] ?? 0), \"events\": \(sent[.events] ?? 0)},\n")
         append("  \"too_late_sent\": \(tooLate),\n")
         append("  \"invalid_sent\": \(invalid.values.reduce(0, +)),\n")
         append("  \"invalid_by_kind\": {" + invalid.sorted(by: { $0.key < $1.key }).map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "},\n")
-        let counted = counts.values.reduce(WindowCounts()) { WindowCounts(impressions: $0.impressions + $1.impressions, clicks: $0.clicks + $1.clicks) }
-        append("  \"counted\": {\"impressions\": \(counted.impressions), \"clicks\": \(counted.clicks)},\n")
+        let counted = totals
+        append("  \"counted\": {\"impressions\": \(counted.impressions), \"clicks\": \(counted.clicks), ")
+        append("\"conversions\": \(counted.conversions), \"revenue_micros\": \(counted.revenueMicros)},\n")
         append("  \"windows\": [\n")
         for (index, key) in counts.keys.sorted().enumerated() {
             let value = counts[key]!
@@ -58,7 +73,8 @@ public struct Truth: Sendable {
             var product: [UInt8] = []
             TrafficGenerator.appendJSONString(key.product, to: &product)
             append("    {\"product_id\": \(String(decoding: product, as: UTF8.self)), \"window_start_ms\": \(key.windowStart), ")
-            append("\"impressions\": \(value.impressions), \"clicks\": \(value.clicks), \"open\": \(open)}")
+            append("\"impressions\": \(value.impressions), \"clicks\": \(value.clicks), \"conversions\": \(value.conversions), ")
+            append("\"revenue_micros\": \(value.revenueMicros), \"open\": \(open)}")
             append(index + 1 < counts.count ? ",\n" : "\n")
         }
         append("  ]\n}\n")

@@ -30,6 +30,10 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Consumer group id. (default: ctr-aggregator)") var groupId: String?
     @Option(help: "Impressions topic. (default: impressions)") var impressionsTopic: String?
     @Option(help: "Clicks topic. (default: clicks)") var clicksTopic: String?
+    @Option(help: "Conversions (purchases) topic; without it the pipeline runs without conversions. (default: none)") var conversionsTopic: String?
+    @Option(help: "Single-topic mode: every message of this topic is an impression, and a click when --click-field is 1. (default: none)")
+    var eventsTopic: String?
+    @Option(help: "Click flag field in single-topic mode. (default: click)") var clickField: String?
     @Option(help: "Dead-letter topic for refused and too-late messages. (default: ctr-dlq)") var dlqTopic: String?
     @Option(help: "Extra librdkafka property KEY=VALUE, e.g. security.protocol=SASL_SSL; repeatable. (env: CTR_KAFKA_PROPERTIES, comma-separated)")
     var kafkaProperty: [String] = []
@@ -80,6 +84,9 @@ struct AggregatorCommand: ParsableCommand {
             groupID: settings.string("group-id", groupId, default: "ctr-aggregator"),
             impressionsTopic: settings.string("impressions-topic", impressionsTopic, default: "impressions"),
             clicksTopic: settings.string("clicks-topic", clicksTopic, default: "clicks"),
+            conversionsTopic: settings.optional("conversions-topic", conversionsTopic),
+            eventsTopic: settings.optional("events-topic", eventsTopic),
+            clickField: settings.string("click-field", clickField, default: "click"),
             deadLetterTopic: settings.string("dlq-topic", dlqTopic, default: "ctr-dlq"),
             clickHouse: endpoint,
             windows: WindowConfiguration(

@@ -11,6 +11,9 @@ struct KafkaOptions: ParsableArguments {
     @Option(help: "Read the bootstrap servers from this file (as written by ctr-dev-broker).") var bootstrapFile: String?
     @Option(help: "Impressions topic.") var impressionsTopic = "impressions"
     @Option(help: "Clicks topic.") var clicksTopic = "clicks"
+    @Option(help: "Conversions topic (used with --conversion-rate).") var conversionsTopic = "conversions"
+    @Option(help: "Single-topic mode: publish impressions with a `click` flag to this topic instead of impressions and clicks.")
+    var eventsTopic: String?
     @Option(help: "Extra librdkafka property KEY=VALUE; repeatable.") var kafkaProperty: [String] = []
 
     func configuration() throws -> KafkaConfiguration {
@@ -30,7 +33,19 @@ struct KafkaOptions: ParsableArguments {
         return configuration
     }
 
-    func topicName(_ topic: InputTopic) -> String { topic == .impressions ? impressionsTopic : clicksTopic }
+    func topicName(_ topic: InputTopic) -> String {
+        switch topic {
+        case .impressions: impressionsTopic
+        case .clicks: clicksTopic
+        case .conversions: conversionsTopic
+        case .events: eventsTopic ?? impressionsTopic
+        }
+    }
+
+    /// The topics the stream goes to (for the final watermark events).
+    func topics(conversions: Bool) -> [InputTopic] {
+        (eventsTopic != nil ? [.events] : [.impressions, .clicks]) + (conversions ? [.conversions] : [])
+    }
 }
 
 /// Window rules the truth file and the final watermark events follow (the aggregator's).
@@ -79,10 +94,10 @@ struct Publisher {
 
     /// Sends one event per partition of both topics far enough ahead that every partition's
     /// watermark passes every window of the stream; returns the resulting watermark.
-    mutating func sendFinalWatermark(_ windows: WindowOptions, productName: (Int) -> String) throws -> Timestamp? {
+    mutating func sendFinalWatermark(_ windows: WindowOptions, conversions: Bool = false, productName: (Int) -> String) throws -> Timestamp? {
         guard !windows.noFinalWatermark, truth.maxEventTime > .min else { return nil }
         let time = Timestamp(milliseconds: truth.maxEventTime + windows.windowMs + windows.outOfOrdernessMs + windows.allowedLatenessMs + 1_000)
-        for topic in InputTopic.allCases {
+        for topic in kafka.topics(conversions: conversions) {
             let partitions = try producer.partitionCount(topic: kafka.topicName(topic), timeout: .seconds(10))
             for partition in 0..<partitions {
                 let product = productName(partition)
@@ -101,9 +116,11 @@ struct Publisher {
         if let truthFile = windows.truthFile {
             try Data(truth.json(finalWatermark: finalWatermark)).write(to: URL(fileURLWithPath: truthFile))
         }
-        let counted = truth.counts.values.reduce(into: (0 as UInt64, 0 as UInt64)) { $0.0 += $1.impressions; $0.1 += $1.clicks }
+        let counted = truth.totals
         print(
-            "sent impressions=\(truth.sent[.impressions] ?? 0) clicks=\(truth.sent[.clicks] ?? 0) counted_impressions=\(counted.0) counted_clicks=\(counted.1) "
+            "sent impressions=\(truth.sent[.impressions] ?? 0) clicks=\(truth.sent[.clicks] ?? 0) conversions=\(truth.sent[.conversions] ?? 0) "
+                + "events=\(truth.sent[.events] ?? 0) counted_impressions=\(counted.impressions) counted_clicks=\(counted.clicks) "
+                + "counted_conversions=\(counted.conversions) counted_revenue_micros=\(counted.revenueMicros) "
                 + "too_late=\(truth.tooLate) invalid=\(truth.invalid.values.reduce(0, +)) windows=\(truth.counts.count)"
         )
     }
@@ -143,6 +160,9 @@ struct Synthetic: ParsableCommand {
     @Option(help: "Fraction of too-late events (refused by the aggregator).") var tooLateFraction = 0.0
     @Option(help: "How far behind the stream too-late events are (up to 1.5 times this), ms.") var tooLateLagMs: Int64 = 120_000
     @Option(help: "Fraction of invalid messages.") var invalidFraction = 0.0
+    @Option(help: "Fraction of clicks followed by a conversion on --conversions-topic.") var conversionRate = 0.0
+    @Option(help: "Mean revenue per click (currency units, 2 decimals); 0 sends none.") var revenuePerClick = 0.0
+    @Option(help: "Mean revenue per conversion (currency units, 2 decimals).") var revenuePerConversion = 0.0
 
     func validate() throws {
         guard count != nil || duration != nil else { throw ValidationError("give --count or --duration") }
@@ -156,7 +176,9 @@ struct Synthetic: ParsableCommand {
             configuration: TrafficConfiguration(
                 products: products, meanCTR: meanCtr, seed: seed, startTime: Timestamp(milliseconds: start),
                 eventRate: eventRate ?? (rate > 0 ? rate : 10_000), disorder: Milliseconds(disorderMs), lateFraction: lateFraction,
-                tooLateFraction: tooLateFraction, tooLateLag: Milliseconds(tooLateLagMs), invalidFraction: invalidFraction
+                tooLateFraction: tooLateFraction, tooLateLag: Milliseconds(tooLateLagMs), invalidFraction: invalidFraction,
+                conversionRate: conversionRate, revenuePerClick: revenuePerClick, revenuePerConversion: revenuePerConversion,
+                singleTopic: kafka.eventsTopic != nil
             )
         )
         var publisher = try Publisher(kafka: kafka, windows: windows)
@@ -178,7 +200,9 @@ struct Synthetic: ParsableCommand {
             }
         }
         let products = self.products
-        let watermark = try publisher.sendFinalWatermark(windows) { TrafficGenerator.productName($0 % max(products, 1)) }
+        let watermark = try publisher.sendFinalWatermark(windows, conversions: conversionRate > 0) {
+            TrafficGenerator.productName($0 % max(products, 1))
+        }
         try publisher.finish(windows, finalWatermark: watermark)
     }
 }
@@ -258,9 +282,13 @@ struct Avazu: ParsableCommand {
                 currentHour = rowHour
             }
             let id = String(text.prefix(while: { $0 != "," }))
-            hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .impressions, eventID: id))
-            if row.clicked {
-                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.clickTime, topic: .clicks, eventID: id + "-click"))
+            if kafka.eventsTopic != nil {
+                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .events, eventID: id, clicked: row.clicked))
+            } else {
+                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .impressions, eventID: id))
+                if row.clicked {
+                    hour.append(TrafficGenerator.event(product: row.product, timestamp: row.clickTime, topic: .clicks, eventID: id + "-click"))
+                }
             }
         }
         try flush()
@@ -272,7 +300,7 @@ struct Avazu: ParsableCommand {
 
 extension GeneratedMessage.Expectation {
     var time: Int64? {
-        if case .counted(_, let timestamp) = self { return timestamp.milliseconds }
+        if case .counted(_, let timestamp, _) = self { return timestamp.milliseconds }
         return nil
     }
 }

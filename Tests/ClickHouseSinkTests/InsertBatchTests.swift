@@ -11,6 +11,22 @@ import Testing
         #expect(DateTimeText.format(-1) == "1969-12-31 23:59:59")
     }
 
+    @Test func revenueIsWrittenAsExactDecimalText() {
+        func text(_ micros: UInt64) -> String {
+            var bytes: [UInt8] = []
+            DecimalText.append(micros: micros, to: &bytes)
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        #expect(text(0) == "0")
+        #expect(text(1) == "0.000001")
+        #expect(text(12_500_000) == "12.500000")
+        #expect(text(1_000_000_000_123_456) == "1000000000.123456")
+        #expect(DecimalText.micros("12.500000") == 12_500_000)
+        #expect(DecimalText.micros("0.000001") == 1)
+        #expect(DecimalText.micros("3") == 3_000_000)
+        #expect(DecimalText.micros("x") == nil)
+    }
+
     @Test func daysFollowWindowEnd() {
         #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_400_000)) == 1)
         #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_399_999)) == 0)
@@ -27,7 +43,7 @@ import Testing
         )
         let text = String(decoding: batch.body, as: UTF8.self)
         #expect(
-            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","source_partitions":["impressions:0"],"source_offsets":[7],"batch_id":"b-1"}"# + "\n"
+            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"conversions":0,"conversions_delta":0,"revenue":0,"revenue_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","source_partitions":["impressions:0"],"source_offsets":[7],"batch_id":"b-1"}"# + "\n"
         )
         #expect(batch.rowCount == 1)
         #expect(batch.windowEndRange == 1_700_000_010...1_700_000_010)
