@@ -449,12 +449,15 @@ public final class AggregatorPipeline: @unchecked Sendable {
             ),
             tracker: OffsetCommitTracker(partitionCount: partitions.count)
         )
-        // Resume every partition's watermark where the committed position left it.
+        // Resume every partition's watermark where the committed position left it, and derive
+        // the pipeline watermark now, so that the first replayed batch is judged like the
+        // first run judged it.
         for (position, partition) in partitions.enumerated() {
             if let metadata = committed[partition].flatMap({ CommitMetadata(text: $0.metadata) }), let maxEventTime = metadata.maxEventTime {
                 assignment?.windows.restoreWatermark(of: position, maxEventTime: Timestamp(milliseconds: maxEventTime))
             }
         }
+        _ = assignment?.windows.advance(now: Self.wallClock())
     }
 
     /// Waits until inserts of other (possibly dead) instances that were running when this
