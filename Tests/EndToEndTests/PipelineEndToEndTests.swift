@@ -76,6 +76,58 @@ import Testing
         #expect(aggregator.stderr.contains("stopped"))
     }
 
+    /// Runs producer and aggregator with extra flags against a fresh database and compares
+    /// ClickHouse with the truth file (counts, conversions, revenue, views).
+    func runExactly(topics: String, producer extraProducer: [String], aggregator extraAggregator: [String], name: String) throws -> String {
+        let directory = try PackagePaths.temporaryDirectory("ctr-e2e-\(name)")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: name)
+        try ClickHouseTestServer.migrate(endpoint)
+        let broker = try DevBrokerProcess(topics: topics, directory: directory)
+        let aggregator = try ChildProcess(
+            PackagePaths.executable("ctr-aggregator"),
+            ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--metrics-port", "0",
+             "--group-id", name] + extraAggregator,
+            logDirectory: directory, name: "aggregator"
+        )
+        defer { aggregator.stop() }
+        let truthFile = directory.appendingPathComponent("truth.json")
+        let producer = try ChildProcess.run(
+            PackagePaths.executable("ctr-producer"),
+            ["--brokers", broker.bootstrapServers, "--products", "200", "--count", "40000", "--rate", "15000", "--event-rate", "1000",
+             "--start-time-ms", "1700000000000", "--seed", "5", "--late-fraction", "0.02", "--truth-file", truthFile.path] + extraProducer
+        )
+        #expect(producer.status == 0, "\(producer.stderr)")
+        let check = try ChildProcess.run(
+            "/usr/bin/env",
+            ["python3", PackagePaths.root.appendingPathComponent("scripts/check-truth.py").path, truthFile.path, endpoint.url, endpoint.database,
+             "--wait", "90"]
+        )
+        #expect(check.status == 0, "\(check.stdout)\(check.stderr)\naggregator log:\n\(aggregator.stderr.suffix(3000))")
+        print("end-to-end \(name): \(check.stdout)")
+        return producer.stdout
+    }
+
+    @Test func revenueAndConversionsAreExact() throws {
+        let summary = try runExactly(
+            topics: "impressions,clicks,conversions,ctr-dlq",
+            producer: ["--conversion-rate", "0.3", "--revenue-per-click", "0.45", "--revenue-per-conversion", "37.5"],
+            aggregator: ["--conversions-topic", "conversions"],
+            name: "revenue"
+        )
+        #expect(!summary.contains("counted_conversions=0 "), "the stream has conversions: \(summary)")
+        #expect(!summary.contains("counted_revenue_micros=0 "), "the stream has revenue: \(summary)")
+    }
+
+    @Test func singleTopicModeIsExact() throws {
+        let summary = try runExactly(
+            topics: "ad_events_raw,ctr-dlq",
+            producer: ["--events-topic", "ad_events_raw", "--revenue-per-click", "0.3"],
+            aggregator: ["--events-topic", "ad_events_raw"],
+            name: "single"
+        )
+        #expect(!summary.contains("counted_clicks=0 "), "clicks are flags on impressions: \(summary)")
+    }
+
     /// The Avazu replay path on real rows (../shared/data/avazu_sample.csv): per-product
     /// impressions and clicks in ClickHouse equal counts computed directly from the CSV.
     @Test func avazuSampleReplaysExactly() throws {
