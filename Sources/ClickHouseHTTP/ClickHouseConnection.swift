@@ -214,7 +214,7 @@ public final class ClickHouseConnection {
                 }
             }
         }
-        let curlMessage = String(cString: errorBuffer)
+        let curlMessage = String(decoding: errorBuffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 
         guard code == CURLE_OK else {
             let message = curlMessage.isEmpty ? String(cString: curl_easy_strerror(code)) : curlMessage

@@ -41,10 +41,10 @@ def main():
     assert dashboards, "dashboard 'CTR overview' not found"
     dashboard = dashboards[0]["id"]
     charts = session.get(f"{url}/api/v1/dashboard/{dashboard}/charts").json()["result"]
-    assert len(charts) >= 3, f"dashboard has {len(charts)} charts"
+    assert len(charts) >= 5, f"dashboard has {len(charts)} charts"
     for chart in charts:
         data = session.get(f"{url}/api/v1/chart/{chart['id']}/data/")
-        data.raise_for_status()
+        assert data.status_code == 200, f"chart {chart['slice_name']}: HTTP {data.status_code}: {data.text[:500]}"
         count = sum(len(result.get("data", [])) for result in data.json()["result"])
         assert count > 0, f"chart {chart['slice_name']} has no data: {data.text[:300]}"
         print(f"chart '{chart['slice_name']}': {count} rows")
@@ -76,7 +76,7 @@ def take_screenshot(url, user, password, dashboard, path):
         port = s.getsockname()[1]
     profile = tempfile.mkdtemp(prefix="chromium-")
     process = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1400,1600",
+                                f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1400,3200",
                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
@@ -113,7 +113,8 @@ def take_screenshot(url, user, password, dashboard, path):
         process.kill()
         process.wait()
         shutil.rmtree(profile, ignore_errors=True)
-    for title in ("CTR by product", "CTR over time, top products", "Impressions and clicks per minute"):
+    for title in ("CTR by product", "CTR over time, top products", "Impressions and clicks per minute",
+                  "Revenue and eCPM by product", "Funnel: where people drop off"):
         assert title in text, f"dashboard page does not show chart {title!r}: {text[:300]}"
     for failure in ("Unexpected error", "Error:", "Not found"):
         assert failure not in text, f"dashboard page shows {failure!r}: ...{text[text.find(failure) - 300:text.find(failure) + 300]}"
