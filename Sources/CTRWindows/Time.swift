@@ -24,6 +24,21 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
         Timestamp(milliseconds: lhs.milliseconds &- rhs.value)
     }
 
+    /// The UTC instant `year-month-day hour:00:00` (proleptic Gregorian calendar).
+    public static func utc(year: Int64, month: Int64, day: Int64, hour: Int64 = 0) -> Timestamp {
+        Timestamp(milliseconds: daysFromCivil(year: year, month: month, day: day) * 86_400_000 + hour * 3_600_000)
+    }
+
+    /// Days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+    public static func daysFromCivil(year: Int64, month: Int64, day: Int64) -> Int64 {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        return era * 146_097 + dayOfEra - 719_468
+    }
+
     /// Whole seconds since the epoch, rounded down.
     public var epochSeconds: Int64 { milliseconds.floorDivided(by: 1000) }
 

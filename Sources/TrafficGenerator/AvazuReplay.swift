@@ -80,7 +80,7 @@ public struct AvazuReplay: Sendable {
         guard !product.isEmpty, product.utf8.count <= 256 else {
             throw AvazuRowError(line: line, message: "\(header[productColumn]) must be 1 to 256 bytes, found '\(product.prefix(40))'")
         }
-        let hourStart = Self.daysFromCivil(Int64(year), Int64(month), Int64(day)) * 86_400_000 + Int64(hourOfDay) * 3_600_000
+        let hourStart = Timestamp.utc(year: Int64(year), month: Int64(month), day: Int64(day), hour: Int64(hourOfDay)).milliseconds
         let within = Int64(Self.fnv1a(id) % 3_600_000)
         return Row(product: product, impressionTime: Timestamp(milliseconds: hourStart + within), clicked: clicked)
     }
@@ -93,14 +93,5 @@ public struct AvazuReplay: Sendable {
             hash = hash &* 0x100_0000_01b3
         }
         return hash
-    }
-
-    static func daysFromCivil(_ year: Int64, _ month: Int64, _ day: Int64) -> Int64 {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yearOfEra = y - era * 400
-        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
-        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
-        return era * 146_097 + dayOfEra - 719_468
     }
 }

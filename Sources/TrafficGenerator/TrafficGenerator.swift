@@ -76,6 +76,16 @@ public enum InputTopic: Int, Sendable, Hashable, CaseIterable {
         case .conversions: .conversion
         }
     }
+
+    /// What one message of this topic adds to its (product, window).
+    func counts(clicked: Bool, revenueMicros: UInt64) -> WindowCounts {
+        switch self {
+        case .impressions: WindowCounts(impressions: 1, revenueMicros: revenueMicros)
+        case .clicks: WindowCounts(clicks: 1, revenueMicros: revenueMicros)
+        case .conversions: WindowCounts(conversions: 1, revenueMicros: revenueMicros)
+        case .events: WindowCounts(impressions: 1, clicks: clicked ? 1 : 0, revenueMicros: revenueMicros)
+        }
+    }
 }
 
 /// One message to publish, with what the aggregator is expected to make of it.
@@ -186,15 +196,7 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
         } else if roll < configuration.tooLateFraction + configuration.lateFraction {
             timestamp = now - 2_000 - Int64(random.unit() * 4_000)
         }
-        var counts = WindowCounts(revenueMicros: revenue)
-        switch topic {
-        case .impressions: counts.impressions = 1
-        case .clicks: counts.clicks = 1
-        case .conversions: counts.conversions = 1
-        case .events:
-            counts.impressions = 1
-            counts.clicks = clicked ? 1 : 0
-        }
+        let counts = topic.counts(clicked: clicked, revenueMicros: revenue)
         return GeneratedMessage(
             topic: topic,
             key: Array(name.utf8),
@@ -217,15 +219,7 @@ public struct TrafficGenerator: IteratorProtocol, Sendable {
     public static func event(
         product: String, timestamp: Timestamp, topic: InputTopic, eventID: String, user: String = "u-0", clicked: Bool = false
     ) -> GeneratedMessage {
-        var counts = WindowCounts()
-        switch topic {
-        case .impressions: counts.impressions = 1
-        case .clicks: counts.clicks = 1
-        case .conversions: counts.conversions = 1
-        case .events:
-            counts.impressions = 1
-            counts.clicks = clicked ? 1 : 0
-        }
+        let counts = topic.counts(clicked: clicked, revenueMicros: 0)
         return GeneratedMessage(
             topic: topic, key: Array(product.utf8),
             value: eventJSON(
