@@ -217,6 +217,11 @@ def main():
                 except subprocess.CalledProcessError as error:
                     print(f"python consumer failed (pip install confluent-kafka?): {error.stderr[-300:]}", file=sys.stderr)
 
+        # Memory per open (product, window) at 100,000 products.
+        out = subprocess.run([exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout
+        memory_line = next(l for l in out.splitlines() if l.startswith("RESULT memory"))
+        memory = dict(part.split("=") for part in memory_line.split()[4:])
+
         # Result latency at a steady 100,000 events/s.
         print(f"latency: {args.latency_seconds:.0f} s at 100,000 events/s ...", file=sys.stderr, flush=True)
         database = "bench_latency"
@@ -268,6 +273,8 @@ def main():
             print(f"aggregator / python consumer: {aggregator_rate / statistics.median(results['python confluent-kafka + json.loads']):.1f}x")
         print(f"aggregator / clickhouse raw ingest: {aggregator_rate / statistics.median(results['clickhouse raw ingest + GROUP BY']):.1f}x")
         print(f"aggregator peak RSS (backlog of {total} events): {peak_rss / 1024:.0f} MiB; at 100,000 events/s steady: {steady_rss / 1024:.0f} MiB")
+        print(f"window state: {memory['bytes_per_open_product_window']} bytes per open (product, window); "
+              f"{int(memory['state_bytes']) / 1048576:.0f} MiB for {memory['open_pairs']} open pairs (100,000 products x 3 windows)")
         print(f"result latency at 100,000 events/s (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
               f"over {count} batches")
     finally:

@@ -8,7 +8,8 @@
 #
 # DIR holds config.xml, users.xml, data/, tmp/, log/ and clickhouse.pid. Ports default to 8123
 # and 9000. User `default` has no password; if CTR_CLICKHOUSE_PASSWORD is set, user `ctr` is
-# created with it.
+# created with it. With CTR_CLICKHOUSE_HTTPS_PORT, CTR_CLICKHOUSE_TLS_CERT and
+# CTR_CLICKHOUSE_TLS_KEY set, it also serves HTTPS on that port.
 set -euo pipefail
 
 command="${1:-}"
@@ -105,6 +106,13 @@ XML
     <default_session_timeout>60</default_session_timeout>
 </yandex>
 XML
+    if [[ -n "${CTR_CLICKHOUSE_HTTPS_PORT:-}" ]]; then
+        tls="<https_port>${CTR_CLICKHOUSE_HTTPS_PORT}</https_port>
+    <openSSL><server><certificateFile>${CTR_CLICKHOUSE_TLS_CERT}</certificateFile><privateKeyFile>${CTR_CLICKHOUSE_TLS_KEY}</privateKeyFile>
+    <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><cacheSessions>true</cacheSessions>
+    <disableProtocols>sslv2,sslv3</disableProtocols><preferServerCiphers>true</preferServerCiphers></server></openSSL>"
+        sed -i "s#</yandex>#${tls//$'\n'/ }</yandex>#" "$dir/config.xml"
+    fi
     echo "$http_port" >"$dir/http_port"
     # The server refuses to run as root only when its data directory belongs to another user;
     # everything here belongs to the caller.

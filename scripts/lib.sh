@@ -34,6 +34,23 @@ start_process() {
     say "$name started (pid $(cat "$pidfile"), log $run_dir/logs/$name.log)"
 }
 
+# stop_pid NAME : stops the process of $run_dir/NAME.pid (SIGTERM, then SIGKILL after 30 s).
+stop_pid() {
+    local name="$1" pidfile="$run_dir/$1.pid"
+    if pid_running "$pidfile"; then
+        local pid
+        pid="$(cat "$pidfile")"
+        kill "$pid"
+        for _ in $(seq 1 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        say "stopped $name (pid $pid)"
+    fi
+    rm -f "$pidfile"
+}
+
 # wait_for WHAT SECONDS COMMAND... : polls COMMAND every second, printing dots.
 wait_for() {
     local what="$1" seconds="$2"

@@ -8,25 +8,15 @@ source scripts/lib.sh
 purge=0
 [[ "${1:-}" == "--purge" ]] && purge=1
 
-stop_pid() {
-    local name="$1" pidfile="$run_dir/$1.pid"
-    if pid_running "$pidfile"; then
-        local pid
-        pid="$(cat "$pidfile")"
-        kill "$pid"
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        say "stopped $name (pid $pid)"
-    fi
-    rm -f "$pidfile"
-}
-
-# Producer first, then the aggregator (it commits what it wrote), then the services.
-stop_pid producer
-stop_pid aggregator
+# Producers first, then the aggregators (they commit what they wrote), then the services.
+for pidfile in "$run_dir"/*.pid; do
+    [[ -e "$pidfile" ]] || continue
+    name="$(basename "$pidfile" .pid)"
+    case "$name" in dev-broker | superset) ;; *) [[ "$name" == *aggregator* ]] || stop_pid "$name" ;; esac
+done
+for pidfile in "$run_dir"/*aggregator*.pid; do
+    [[ -e "$pidfile" ]] && stop_pid "$(basename "$pidfile" .pid)"
+done
 [[ -x scripts/superset-native.sh ]] && scripts/superset-native.sh stop "$run_dir" >/dev/null 2>&1 || true
 stop_pid superset
 stop_pid dev-broker

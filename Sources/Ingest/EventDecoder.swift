@@ -259,15 +259,20 @@ struct JSONScanner {
         guard peek() == quote else { throw Rejection(.notJSON, "expected a field name at byte \(index)") }
         let start = index + 1
         let (end, escaped) = try scanString()
-        let name: [UInt8] = escaped ? Array(try unescape(start, end).utf8) : Array(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
-        if let clickField, name == clickField { return .clickFlag }
-        return name.withUnsafeBytes { raw in
-            if Self.equals(raw, "product_id") { return .productID }
-            if Self.equals(raw, "timestamp") { return .timestamp }
-            if Self.equals(raw, "event_type") { return .eventType }
-            if Self.equals(raw, "revenue") { return .revenue }
-            return .other
+        if escaped {
+            let name = Array(try unescape(start, end).utf8)
+            return name.withUnsafeBytes { Self.field(named: $0, clickField: clickField) }
         }
+        return Self.field(named: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), clickField: clickField)
+    }
+
+    private static func field(named name: UnsafeRawBufferPointer, clickField: [UInt8]?) -> Field {
+        if let clickField, name.elementsEqual(clickField) { return .clickFlag }
+        if equals(name, "product_id") { return .productID }
+        if equals(name, "timestamp") { return .timestamp }
+        if equals(name, "event_type") { return .eventType }
+        if equals(name, "revenue") { return .revenue }
+        return .other
     }
 
     /// `revenue`: a non-negative decimal JSON number with at most 6 decimals and no exponent,

@@ -111,10 +111,10 @@ struct AggregatorCommand: ParsableCommand {
             ),
             commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000))
         )
+        let port = try settings.int("metrics-port", metricsPort, default: 9464)
         try settings.rejectUnknownKeys()
 
         let pipeline = AggregatorPipeline(configuration: configuration, logger: logger)
-        let port = try settings.int("metrics-port", metricsPort, default: 9464)
         if port > 0 {
             let server = try MetricsServer(port: port, metrics: pipeline.metrics)
             server.start()

@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctr-bench",
         abstract: "Benchmark stages of the CTR pipeline (release build: swift build -c release).",
-        subcommands: [Consume.self, Stages.self, Sink.self]
+        subcommands: [Consume.self, Stages.self, Sink.self, Memory.self]
     )
 }
 
@@ -128,6 +128,35 @@ struct Sink: ParsableCommand {
             _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: batch.body)
         }
         report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count)")
+    }
+}
+
+struct Memory: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Resident memory per open (product, window) of the window state.")
+    @Option var products = 100_000
+    @Option var windows = 3
+
+    func run() throws {
+        func residentBytes() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) * 1024
+        }
+        var catalog = ProductCatalog()
+        let names = (0..<products).map { TrafficGenerator.productName($0) }
+        let ids = names.map { catalog.id(for: $0) }
+        let before = residentBytes()
+        var aggregator = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 6, now: Timestamp(milliseconds: 0))
+        var offset: Int64 = 0
+        for window in 0..<windows {
+            for id in ids {
+                _ = aggregator.ingest(.impression, id, at: Timestamp(milliseconds: 1_700_000_000_000 + Int64(window) * 10_000), from: Int(offset % 6), offset: offset)
+                offset += 1
+            }
+        }
+        let after = residentBytes()
+        let pairs = aggregator.openProductWindowCount
+        report("memory", events: pairs, seconds: 1, "bytes_per_open_product_window=\((after - before) / max(pairs, 1)) open_pairs=\(pairs) state_bytes=\(after - before) catalog_products=\(catalog.count)")
     }
 }
 

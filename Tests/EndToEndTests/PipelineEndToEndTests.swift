@@ -194,6 +194,37 @@ import Testing
         #expect(result.stderr.contains("read 1 rows, 3 bad rows"))
     }
 
+    /// Settings resolve flag > CTR_* environment > YAML file > default.
+    @Test func configurationFileAndEnvironmentAreRead() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-config")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "config")
+        let broker = try DevBrokerProcess(directory: directory)
+        let file = directory.appendingPathComponent("aggregator.yaml")
+        try """
+            brokers: \(broker.bootstrapServers)
+            clickhouse-url: \(endpoint.url)
+            database: from_yaml_db
+            metrics-port: 0
+            kafka-properties: [client.id=from-yaml]
+            """.write(to: file, atomically: true, encoding: .utf8)
+        let fromFile = try ChildProcess.run(PackagePaths.executable("ctr-aggregator"), ["--config", file.path])
+        #expect(fromFile.status != 0)
+        #expect(fromFile.stderr.contains("from_yaml_db"), "the database comes from the file: \(fromFile.stderr)")
+        let fromEnvironment = try ChildProcess.run(
+            PackagePaths.executable("ctr-aggregator"), ["--config", file.path], environment: ["CTR_DATABASE": "from_env_db"]
+        )
+        #expect(fromEnvironment.stderr.contains("from_env_db"), "the environment overrides the file")
+        let fromFlag = try ChildProcess.run(
+            PackagePaths.executable("ctr-aggregator"), ["--config", file.path, "--database", "from_flag_db"], environment: ["CTR_DATABASE": "from_env_db"]
+        )
+        #expect(fromFlag.stderr.contains("from_flag_db"), "the flag overrides the environment")
+
+        try "brokers: x\nno-such-setting: 1\n".write(to: file, atomically: true, encoding: .utf8)
+        let unknown = try ChildProcess.run(PackagePaths.executable("ctr-aggregator"), ["--config", file.path])
+        #expect(unknown.status != 0)
+        #expect(unknown.stderr.contains("no-such-setting"))
+    }
+
     @Test func aggregatorRefusesToStartWithoutTheSchema() throws {
         let directory = try PackagePaths.temporaryDirectory("ctr-e2e-noschema")
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "noschema")
