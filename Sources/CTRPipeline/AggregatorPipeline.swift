@@ -84,7 +84,7 @@ public final class AggregatorPipeline: @unchecked Sendable {
         logger.info("stopping: writing complete windows and committing offsets")
         drainAndCommit(timeout: .seconds(30))
         consumer?.close()
-        logger.info("stopped", metadata: ["rows_written": "\(metrics.snapshot().rowsWritten)"])
+        logger.info("stopped", metadata: ["rows_written": "\(metrics.rowsWritten)"])
     }
 
     // MARK: Start and stop
@@ -555,16 +555,15 @@ public final class AggregatorPipeline: @unchecked Sendable {
     }
 
     private func logStatus() {
-        let snapshot = metrics.snapshot()
         logger.info(
             "status",
             metadata: [
-                "consumed": "\(snapshot.consumedImpressions + snapshot.consumedClicks)",
-                "rejected": "\(snapshot.rejected.values.reduce(0, +))",
-                "rows_written": "\(snapshot.rowsWritten)",
-                "open_windows": "\(snapshot.openWindows)",
-                "watermark_ms": "\(snapshot.watermarkMilliseconds.map(String.init) ?? "none")",
-                "buffered_rows": "\(snapshot.bufferedRows)",
+                "consumed": "\(counters.consumedImpressions + counters.consumedClicks + counters.consumedConversions)",
+                "rejected": "\(counters.rejected.values.reduce(0, +))",
+                "rows_written": "\(metrics.rowsWritten)",
+                "open_windows": "\(counters.openWindows)",
+                "watermark_ms": "\(counters.watermarkMilliseconds.map(String.init) ?? "none")",
+                "buffered_rows": "\(counters.bufferedRows)",
                 "paused": "\(paused)",
             ]
         )

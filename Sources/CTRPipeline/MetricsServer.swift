@@ -9,11 +9,19 @@ import Glibc
 public final class MetricsServer: @unchecked Sendable {
     private let socketDescriptor: Int32
     public let port: Int
-    private let metrics: PipelineMetrics
+    private let render: @Sendable () -> String
+    private let isReady: @Sendable () -> Bool
 
     /// Binds `host:port` (port 0 picks a free port, see ``port``).
-    public init(host: String = "0.0.0.0", port: Int, metrics: PipelineMetrics) throws(PipelineError) {
-        self.metrics = metrics
+    ///
+    /// - Parameters:
+    ///   - render: the metrics in the Prometheus text format.
+    ///   - isReady: whether `/ready` answers 200.
+    public init(
+        host: String = "0.0.0.0", port: Int, render: @escaping @Sendable () -> String, isReady: @escaping @Sendable () -> Bool
+    ) throws(PipelineError) {
+        self.render = render
+        self.isReady = isReady
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw PipelineError("cannot create the metrics socket: \(String(cString: strerror(errno)))") }
         var reuse: Int32 = 1
@@ -73,11 +81,11 @@ public final class MetricsServer: @unchecked Sendable {
         let (status, contentType, body): (String, String, String)
         switch path {
         case "/metrics":
-            (status, contentType, body) = ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.prometheusText())
+            (status, contentType, body) = ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render())
         case "/health", "/healthz", "/live":
             (status, contentType, body) = ("200 OK", "text/plain", "ok\n")
         case "/ready", "/readyz":
-            let ready = metrics.snapshot().ready
+            let ready = isReady()
             (status, contentType, body) = ready ? ("200 OK", "text/plain", "ready\n") : ("503 Service Unavailable", "text/plain", "not ready\n")
         default:
             (status, contentType, body) = ("404 Not Found", "text/plain", "try /metrics, /health or /ready\n")

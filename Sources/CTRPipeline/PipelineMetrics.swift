@@ -1,4 +1,5 @@
 import ClickHouseSink
+import CoreMetrics
 import CTRWindows
 import Ingest
 import Synchronization
@@ -37,131 +38,153 @@ public struct PipelineCounters: Sendable {
     }
 }
 
-/// Counters of the sink thread.
-public struct SinkCounters: Sendable {
-    public var batchesWritten = 0
-    public var rowsWritten = 0
-    public var retries = 0
-    public var failures = 0
-    /// Cumulative counts of insert durations at or below each bound of ``PipelineMetrics/insertBuckets``.
-    public var insertDurationBuckets = Array(repeating: 0, count: PipelineMetrics.insertBuckets.count)
-    public var insertDurationSum = 0.0
-    /// Cumulative counts of result latencies at or below each bound of ``PipelineMetrics/latencyBuckets``.
-    public var latencyBuckets = Array(repeating: 0, count: PipelineMetrics.latencyBuckets.count)
-    public var latencySum = 0.0
-}
-
-/// The aggregator's metrics, shared between the pipeline thread, the sink thread and the
-/// metrics endpoint; rendered in the Prometheus text format.
+/// The aggregator's metrics, reported through swift-metrics (the executable bootstraps a
+/// Prometheus backend and serves it on `/metrics`). Names are listed in README.md.
+///
+/// The pipeline thread publishes its ``PipelineCounters`` after every poll (as deltas, so the
+/// hot loop never touches a metrics handler); the sink thread reports inserts directly.
 public final class PipelineMetrics: Sendable {
-    /// Upper bounds (seconds) of the insert latency histogram.
-    public static let insertBuckets: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
-    /// Upper bounds (seconds) of the result latency histogram.
-    public static let latencyBuckets: [Double] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30]
-
-    public struct Snapshot: Sendable {
-        public var pipeline = PipelineCounters()
-        public var sink = SinkCounters()
-        public var ready = false
-        public var consumerLag: [String: Int64] = [:]
-
-        public var rowsWritten: Int { sink.rowsWritten }
-        public var consumedImpressions: Int { pipeline.consumedImpressions }
-        public var consumedClicks: Int { pipeline.consumedClicks }
-        public var rejected: [RejectionReason: Int] { pipeline.rejected }
-        public var openWindows: Int { pipeline.openWindows }
-        public var watermarkMilliseconds: Int64? { pipeline.watermarkMilliseconds }
-        public var bufferedRows: Int { pipeline.bufferedRows }
+    private struct Published: Sendable {
+        var counters = PipelineCounters()
+        var ready = false
+        var rowsWritten = 0
     }
 
-    private let state = Mutex(Snapshot())
+    private let state = Mutex(Published())
+    private let consumed: [EventKind: Counter]
+    private let invalid: [RejectionReason: Counter]
+    private let tooLate: Counter
+    private let lateUpdates: Counter
+    private let replayed: Counter
+    private let windowsEmitted: Counter
+    private let firstRows: Counter
+    private let revisionRows: Counter
+    private let windowsRestored: Counter
+    private let commits: Counter
+    private let openWindows: Gauge
+    private let watermark: Gauge
+    private let watermarkLag: Gauge
+    private let bufferRows: Gauge
+    private let paused: Gauge
+    private let ready: Gauge
+    private let sinkBatches: Counter
+    private let sinkRows: Counter
+    private let sinkRetries: Counter
+    private let sinkFailures: Counter
+    private let insertDuration: Timer
+    private let resultLatency: Timer
+    private let consumerLag = Mutex<[String: Gauge]>([:])
 
-    public init() {}
+    /// Creates every metric, so that all of them are exported from the start.
+    public init() {
+        consumed = Dictionary(uniqueKeysWithValues: EventKind.allCases.map { kind in
+            (kind, Counter(label: "ctr_events_consumed_total", dimensions: [("kind", Self.name(of: kind))]))
+        })
+        invalid = Dictionary(uniqueKeysWithValues: RejectionReason.allCases.filter { $0 != .tooLate }.map { reason in
+            (reason, Counter(label: "ctr_events_invalid_total", dimensions: [("reason", reason.rawValue)]))
+        })
+        tooLate = Counter(label: "ctr_events_too_late_total")
+        lateUpdates = Counter(label: "ctr_events_late_updates_total")
+        replayed = Counter(label: "ctr_events_replayed_total")
+        windowsEmitted = Counter(label: "ctr_windows_emitted_total")
+        firstRows = Counter(label: "ctr_window_rows_emitted_total", dimensions: [("revision", "first")])
+        revisionRows = Counter(label: "ctr_window_rows_emitted_total", dimensions: [("revision", "update")])
+        windowsRestored = Counter(label: "ctr_windows_restored_total")
+        commits = Counter(label: "ctr_offset_commits_total")
+        openWindows = Gauge(label: "ctr_open_windows")
+        watermark = Gauge(label: "ctr_watermark_seconds")
+        watermarkLag = Gauge(label: "ctr_watermark_lag_seconds")
+        bufferRows = Gauge(label: "ctr_buffer_rows")
+        paused = Gauge(label: "ctr_consuming_paused")
+        ready = Gauge(label: "ctr_ready")
+        sinkBatches = Counter(label: "ctr_sink_batches_total")
+        sinkRows = Counter(label: "ctr_sink_rows_total")
+        sinkRetries = Counter(label: "ctr_sink_retries_total")
+        sinkFailures = Counter(label: "ctr_sink_failures_total")
+        insertDuration = Timer(label: "ctr_sink_insert_seconds")
+        resultLatency = Timer(label: "ctr_result_latency_seconds")
+    }
 
-    public func snapshot() -> Snapshot { state.withLock { $0 } }
+    /// Histogram buckets of the two latency timers, for the metrics backend.
+    public static let histogramBuckets: [String: [Duration]] = [
+        "ctr_sink_insert_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30].map { .milliseconds(Int64($0 * 1000)) },
+        "ctr_result_latency_seconds": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30].map { .milliseconds(Int64($0 * 1000)) },
+    ]
 
-    func publish(_ counters: PipelineCounters) { state.withLock { $0.pipeline = counters } }
-    func setReady(_ ready: Bool) { state.withLock { $0.ready = ready } }
-    func setConsumerLag(_ lag: [String: Int64]) { state.withLock { $0.consumerLag = lag } }
-    func recordSinkRetry() { state.withLock { $0.sink.retries += 1 } }
-    func recordSinkFailure() { state.withLock { $0.sink.failures += 1 } }
+    private static func name(of kind: EventKind) -> String {
+        switch kind {
+        case .impression: "impression"
+        case .click: "click"
+        case .conversion: "conversion"
+        }
+    }
+
+    /// Whether the pipeline is consuming and able to write (for `/ready`).
+    public var isReady: Bool { state.withLock { $0.ready } }
+
+    /// Rows acknowledged by ClickHouse so far.
+    public var rowsWritten: Int { state.withLock { $0.rowsWritten } }
+
+    /// The counters as last published.
+    public var counters: PipelineCounters { state.withLock { $0.counters } }
+
+    func publish(_ counters: PipelineCounters) {
+        let previous = state.withLock { published in
+            defer { published.counters = counters }
+            return published.counters
+        }
+        func add(_ counter: Counter, _ now: Int, _ before: Int) { if now > before { counter.increment(by: now - before) } }
+        add(consumed[.impression]!, counters.consumedImpressions, previous.consumedImpressions)
+        add(consumed[.click]!, counters.consumedClicks, previous.consumedClicks)
+        add(consumed[.conversion]!, counters.consumedConversions, previous.consumedConversions)
+        for (reason, count) in counters.rejected {
+            let before = previous.rejected[reason] ?? 0
+            if reason == .tooLate { add(tooLate, count, before) } else if let counter = invalid[reason] { add(counter, count, before) }
+        }
+        add(lateUpdates, counters.lateUpdates, previous.lateUpdates)
+        add(replayed, counters.alreadyCounted, previous.alreadyCounted)
+        add(windowsEmitted, counters.emissions, previous.emissions)
+        add(firstRows, counters.rowsEmitted - counters.revisionsEmitted, previous.rowsEmitted - previous.revisionsEmitted)
+        add(revisionRows, counters.revisionsEmitted, previous.revisionsEmitted)
+        add(windowsRestored, counters.windowsRestored, previous.windowsRestored)
+        add(commits, counters.commits, previous.commits)
+        openWindows.record(counters.openWindows)
+        if let watermarkMilliseconds = counters.watermarkMilliseconds {
+            watermark.record(Double(watermarkMilliseconds) / 1000)
+            watermarkLag.record(Double(counters.wallClockMilliseconds - watermarkMilliseconds) / 1000)
+        }
+        bufferRows.record(counters.bufferedRows)
+        paused.record(counters.paused ? 1 : 0)
+    }
+
+    func setReady(_ isReady: Bool) {
+        state.withLock { $0.ready = isReady }
+        ready.record(isReady ? 1 : 0)
+    }
+
+    func setConsumerLag(_ lag: [String: Int64]) {
+        consumerLag.withLock { gauges in
+            for (partition, value) in lag {
+                let gauge = gauges[partition] ?? Gauge(label: "ctr_consumer_lag", dimensions: [("partition", partition)])
+                gauges[partition] = gauge
+                gauge.record(value)
+            }
+        }
+    }
+
+    func recordSinkRetry() { sinkRetries.increment() }
+    func recordSinkFailure() { sinkFailures.increment() }
 
     func recordInsert(_ report: InsertReport) {
-        let seconds = Double(report.duration.components.seconds) + Double(report.duration.components.attoseconds) / 1e18
-        state.withLock { snapshot in
-            snapshot.sink.batchesWritten += 1
-            snapshot.sink.rowsWritten += report.rows
-            snapshot.sink.insertDurationSum += seconds
-            for (index, bound) in Self.insertBuckets.enumerated() where seconds <= bound {
-                snapshot.sink.insertDurationBuckets[index] += 1
-            }
-            let latency = Double(report.resultLatency.components.seconds) + Double(report.resultLatency.components.attoseconds) / 1e18
-            snapshot.sink.latencySum += latency
-            for (index, bound) in Self.latencyBuckets.enumerated() where latency <= bound {
-                snapshot.sink.latencyBuckets[index] += 1
-            }
-        }
+        state.withLock { $0.rowsWritten += report.rows }
+        sinkBatches.increment()
+        sinkRows.increment(by: report.rows)
+        insertDuration.recordNanoseconds(Self.nanoseconds(report.duration))
+        resultLatency.recordNanoseconds(Self.nanoseconds(report.resultLatency))
     }
 
-    /// The metrics in the Prometheus text exposition format (version 0.0.4).
-    public func prometheusText() -> String {
-        let snapshot = self.snapshot()
-        let pipeline = snapshot.pipeline
-        var lines: [String] = []
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
-            lines.append("# HELP \(name) \(help)")
-            lines.append("# TYPE \(name) \(type)")
-            for (labels, value) in samples { lines.append("\(name)\(labels) \(value)") }
-        }
-        metric("ctr_events_consumed_total", "counter", "Events consumed, by topic kind.", [
-            ("{kind=\"impression\"}", "\(pipeline.consumedImpressions)"), ("{kind=\"click\"}", "\(pipeline.consumedClicks)"),
-            ("{kind=\"conversion\"}", "\(pipeline.consumedConversions)"),
-        ])
-        metric("ctr_events_invalid_total", "counter", "Messages refused and sent to the dead-letter topic, by reason.",
-            RejectionReason.allCases.filter { $0 != .tooLate }.map { ("{reason=\"\($0.rawValue)\"}", "\(pipeline.rejected[$0] ?? 0)") })
-        metric("ctr_events_too_late_total", "counter", "Events later than the allowed lateness (not counted, sent to the dead-letter topic).",
-            [("", "\(pipeline.rejected[.tooLate] ?? 0)")])
-        metric("ctr_events_late_updates_total", "counter", "Late events that updated an already emitted window.", [("", "\(pipeline.lateUpdates)")])
-        metric("ctr_events_replayed_total", "counter", "Events skipped after recovery because ClickHouse already had them.", [("", "\(pipeline.alreadyCounted)")])
-        metric("ctr_windows_emitted_total", "counter", "Window emissions.", [("", "\(pipeline.emissions)")])
-        metric("ctr_window_rows_emitted_total", "counter", "Rows emitted, by first emission or revision.", [
-            ("{revision=\"first\"}", "\(pipeline.rowsEmitted - pipeline.revisionsEmitted)"),
-            ("{revision=\"update\"}", "\(pipeline.revisionsEmitted)"),
-        ])
-        metric("ctr_windows_restored_total", "counter", "Windows restored from ClickHouse after a restart or rebalance.", [("", "\(pipeline.windowsRestored)")])
-        metric("ctr_open_windows", "gauge", "Windows with state.", [("", "\(pipeline.openWindows)")])
-        if let watermark = pipeline.watermarkMilliseconds {
-            metric("ctr_watermark_seconds", "gauge", "Pipeline watermark, seconds since the epoch.", [("", "\(Double(watermark) / 1000)")])
-            metric("ctr_watermark_lag_seconds", "gauge", "Wall clock minus watermark.", [("", "\(Double(pipeline.wallClockMilliseconds - watermark) / 1000)")])
-        }
-        metric("ctr_consumer_lag", "gauge", "Messages behind the partition's high watermark.",
-            snapshot.consumerLag.sorted(by: { $0.key < $1.key }).map { ("{partition=\"\($0.key)\"}", "\($0.value)") })
-        metric("ctr_offset_commits_total", "counter", "Offset commits.", [("", "\(pipeline.commits)")])
-        metric("ctr_sink_batches_total", "counter", "Insert batches acknowledged by ClickHouse.", [("", "\(snapshot.sink.batchesWritten)")])
-        metric("ctr_sink_rows_total", "counter", "Rows acknowledged by ClickHouse.", [("", "\(snapshot.sink.rowsWritten)")])
-        metric("ctr_sink_retries_total", "counter", "Failed insert attempts that were retried.", [("", "\(snapshot.sink.retries)")])
-        metric("ctr_sink_failures_total", "counter", "Inserts given up (fatal).", [("", "\(snapshot.sink.failures)")])
-        var histogram: [(String, String)] = []
-        for (index, bound) in Self.insertBuckets.enumerated() {
-            histogram.append(("_bucket{le=\"\(bound)\"}", "\(snapshot.sink.insertDurationBuckets[index])"))
-        }
-        histogram.append(("_bucket{le=\"+Inf\"}", "\(snapshot.sink.batchesWritten)"))
-        histogram.append(("_sum", "\(snapshot.sink.insertDurationSum)"))
-        histogram.append(("_count", "\(snapshot.sink.batchesWritten)"))
-        lines.append("# HELP ctr_sink_insert_seconds Insert latency including retries.")
-        lines.append("# TYPE ctr_sink_insert_seconds histogram")
-        for (suffix, value) in histogram { lines.append("ctr_sink_insert_seconds\(suffix) \(value)") }
-        lines.append("# HELP ctr_result_latency_seconds From a window's emission (watermark past its end) to its rows acknowledged by ClickHouse, per batch.")
-        lines.append("# TYPE ctr_result_latency_seconds histogram")
-        for (index, bound) in Self.latencyBuckets.enumerated() {
-            lines.append("ctr_result_latency_seconds_bucket{le=\"\(bound)\"} \(snapshot.sink.latencyBuckets[index])")
-        }
-        lines.append("ctr_result_latency_seconds_bucket{le=\"+Inf\"} \(snapshot.sink.batchesWritten)")
-        lines.append("ctr_result_latency_seconds_sum \(snapshot.sink.latencySum)")
-        lines.append("ctr_result_latency_seconds_count \(snapshot.sink.batchesWritten)")
-        metric("ctr_buffer_rows", "gauge", "Rows waiting for ClickHouse.", [("", "\(pipeline.bufferedRows)")])
-        metric("ctr_consuming_paused", "gauge", "1 while consuming is paused by backpressure.", [("", pipeline.paused ? "1" : "0")])
-        metric("ctr_ready", "gauge", "1 while consuming and able to write.", [("", snapshot.ready ? "1" : "0")])
-        return lines.joined(separator: "\n") + "\n"
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

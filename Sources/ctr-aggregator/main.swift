@@ -7,6 +7,8 @@ import Dispatch
 import Foundation
 import Ingest
 import Logging
+import Metrics
+import Prometheus
 import Yams
 
 /// Settings resolve as: command-line flag, then `CTR_*` environment variable, then the YAML
@@ -114,9 +116,15 @@ struct AggregatorCommand: ParsableCommand {
         let port = try settings.int("metrics-port", metricsPort, default: 9464)
         try settings.rejectUnknownKeys()
 
+        // Metrics go through swift-metrics to a Prometheus registry served on /metrics.
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = PipelineMetrics.histogramBuckets
+        MetricsSystem.bootstrap(factory)
         let pipeline = AggregatorPipeline(configuration: configuration, logger: logger)
         if port > 0 {
-            let server = try MetricsServer(port: port, metrics: pipeline.metrics)
+            let metrics = pipeline.metrics
+            let server = try MetricsServer(port: port, render: { registry.emitToString() }, isReady: { metrics.isReady })
             server.start()
             logger.info("serving metrics", metadata: ["url": "http://0.0.0.0:\(server.port)/metrics"])
         }
