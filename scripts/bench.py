@@ -17,6 +17,8 @@ contender several times and prints one table (median, min, max events/s):
   clickhouse raw   ClickHouse ingesting the raw events (INSERT ... FORMAT JSONEachRow) and
                    computing the same 10 s per-product counts with GROUP BY
   python consumer  confluent-kafka consumer with json.loads and a dict (installed from PyPI)
+  wider events     the aggregator end to end on a stream with revenue on clicks and a
+                   conversions topic (what issue-7 features cost)
 
 Then the aggregator's peak resident memory and result latency (window emitted -> rows acknowledged
 by ClickHouse) p50/p99 at a steady producer rate of 100,000 events/s.
@@ -101,6 +103,44 @@ c.close()
 '''
 
 
+def measure_aggregator(exe, url, brokers, closed_windows, database, work, extra):
+    """Runs ctr-aggregator on the pre-loaded topics into a fresh database; returns the seconds from
+    its first consumed message to the last closed window in ClickHouse, and its peak RSS (KiB)."""
+    query(url, "default", f"DROP DATABASE IF EXISTS {database}")
+    subprocess.run([exe("schema-tool"), "migrate", "--clickhouse-url", url, "--database", database,
+                    "--migrations-dir", os.path.join(ROOT, "migrations")], check=True, stdout=subprocess.DEVNULL)
+    metrics_port = free_port()
+    launched = time.time()
+    aggregator = subprocess.Popen([exe("ctr-aggregator"), "--brokers", brokers, "--group-id", f"bench-{database}-{time.time()}",
+                                   "--clickhouse-url", url, "--database", database, "--metrics-port", str(metrics_port)] + extra,
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"aggregator-{database}.log"), "w"))
+    peak_rss = 0
+    try:
+        # Timed from the first message consumed (the group join of the mock cluster takes about
+        # 3 s and is not the aggregator's work) to the last closed window in ClickHouse.
+        started = None
+        while started is None and time.time() - launched < 120:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+                consumed = sum(int(float(l.split()[-1])) for l in text.splitlines() if l.startswith("ctr_events_consumed_total"))
+                if consumed > 0:
+                    started = time.time()
+            except OSError:
+                pass
+            time.sleep(0.01)
+        started = started or launched
+        while True:
+            peak_rss = max(peak_rss, rss_kib(aggregator.pid))
+            done = int(query(url, database, "SELECT uniqExact(product_id, window_start) FROM ctr_results_raw") or 0)
+            if done >= closed_windows or time.time() - started > 600:
+                break
+            time.sleep(0.02)
+        return time.time() - started, peak_rss
+    finally:
+        aggregator.send_signal(signal.SIGKILL)
+        aggregator.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -151,38 +191,8 @@ def main():
                                  check=True, capture_output=True, text=True).stdout
             record("consume (librdkafka, discard)", *result_line(out, "consume"))
 
-            database = f"bench_{run}"
-            query(url, "default", f"DROP DATABASE IF EXISTS {database}")
-            subprocess.run([exe("schema-tool"), "migrate", "--clickhouse-url", url, "--database", database,
-                            "--migrations-dir", os.path.join(ROOT, "migrations")], check=True, stdout=subprocess.DEVNULL)
-            metrics_port = free_port()
-            launched = time.time()
-            aggregator = subprocess.Popen([exe("ctr-aggregator"), "--brokers", brokers, "--group-id", f"bench-agg-{run}-{time.time()}",
-                                           "--clickhouse-url", url, "--database", database, "--metrics-port", str(metrics_port)],
-                                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"aggregator-{run}.log"), "w"))
-            children.append(aggregator)
-            # Timed from the first message consumed (the group join of the mock cluster takes
-            # about 3 s and is not the aggregator's work) to the last closed window in ClickHouse.
-            started = None
-            while started is None and time.time() - launched < 120:
-                try:
-                    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-                    consumed = sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith("ctr_events_consumed_total"))
-                    if consumed > 0:
-                        started = time.time()
-                except OSError:
-                    pass
-                time.sleep(0.01)
-            started = started or launched
-            while True:
-                peak_rss = max(peak_rss, rss_kib(aggregator.pid))
-                done = int(query(url, database, "SELECT uniqExact(product_id, window_start) FROM ctr_results_raw") or 0)
-                if done >= closed_windows or time.time() - started > 600:
-                    break
-                time.sleep(0.02)
-            elapsed = time.time() - started
-            aggregator.send_signal(signal.SIGKILL)
-            aggregator.wait()
+            elapsed, rss = measure_aggregator(exe, url, brokers, closed_windows, f"bench_{run}", work, [])
+            peak_rss = max(peak_rss, rss)
             record("aggregator end to end", total, elapsed)
 
             out = subprocess.run([exe("ctr-bench"), "stages", "--events", str(min(args.events, 2_000_000)), "--products", str(args.products)],
@@ -216,6 +226,28 @@ def main():
                     record("python confluent-kafka + json.loads", *result_line(out, "python"))
                 except subprocess.CalledProcessError as error:
                     print(f"python consumer failed (pip install confluent-kafka?): {error.stderr[-300:]}", file=sys.stderr)
+
+        # The same aggregator on wider events: revenue on clicks, and a conversions topic.
+        print("wider events (revenue + conversions) ...", file=sys.stderr, flush=True)
+        wide_bootstrap = os.path.join(work, "wide-bootstrap.txt")
+        children.append(subprocess.Popen([exe("ctr-dev-broker"), "--partitions", str(partitions), "--topics",
+                                          "impressions,clicks,conversions,ctr-dlq", "--bootstrap-file", wide_bootstrap],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while not os.path.exists(wide_bootstrap):
+            time.sleep(0.1)
+        wide = open(wide_bootstrap).read().strip()
+        wide_truth = os.path.join(work, "wide-truth.json")
+        subprocess.run([exe("ctr-producer"), "--brokers", wide, "--products", str(args.products), "--count", str(args.events),
+                        "--rate", "0", "--event-rate", "20000", "--start-time-ms", "1700000000000", "--seed", "11",
+                        "--conversion-rate", "0.3", "--revenue-per-click", "0.4", "--revenue-per-conversion", "30",
+                        "--truth-file", wide_truth], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(wide_truth) as f:
+            wide_data = json.load(f)
+        wide_total = sum(wide_data["events_sent"].values())
+        wide_closed = sum(1 for w in wide_data["windows"] if not w["open"])
+        for run in range(args.runs):
+            elapsed, _ = measure_aggregator(exe, url, wide, wide_closed, f"bench_wide_{run}", work, ["--conversions-topic", "conversions"])
+            record("aggregator e2e, revenue + conversions", wide_total, elapsed)
 
         # Memory per open (product, window) at 100,000 products.
         out = subprocess.run([exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout

@@ -1,11 +1,18 @@
 #!/bin/bash
-# Superset start-up in docker-compose: ClickHouse driver, metadata database, admin user, and the
-# ClickHouse connection. (Dashboards are not yet shipped as an import bundle; see README.)
+# Superset start-up in docker-compose: ClickHouse driver, metadata database, admin user, then the
+# same dashboards as native mode, provisioned from dashboard.json through the REST API.
 set -euo pipefail
-pip install --quiet "clickhouse-connect>=0.7"
+pip install --quiet "clickhouse-connect>=0.7" requests
 superset db upgrade
 superset fab create-admin --username admin --firstname CTR --lastname Admin --email admin@example.com \
     --password "${SUPERSET_ADMIN_PASSWORD:-admin}" || true
 superset init
-superset set_database_uri --database_name ClickHouse --uri "${CLICKHOUSE_URI}"
-exec gunicorn --bind 0.0.0.0:8088 --workers 2 --timeout 120 "superset.app:create_app()"
+gunicorn --bind 0.0.0.0:8088 --workers 2 --timeout 120 "superset.app:create_app()" &
+server=$!
+for _ in $(seq 1 120); do
+    curl -fsS http://127.0.0.1:8088/health >/dev/null 2>&1 && break
+    sleep 1
+done
+python /app/ctr-superset/provision.py http://127.0.0.1:8088 admin "${SUPERSET_ADMIN_PASSWORD:-admin}" "${CLICKHOUSE_URI}" \
+    /app/ctr-superset/dashboard.json
+wait "$server"
