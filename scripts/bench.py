@@ -191,7 +191,8 @@ def main():
                                  check=True, capture_output=True, text=True).stdout
             record("consume (librdkafka, discard)", *result_line(out, "consume"))
 
-            elapsed, rss = measure_aggregator(exe, url, brokers, closed_windows, f"bench_{run}", work, [])
+            database = f"bench_{run}"
+            elapsed, rss = measure_aggregator(exe, url, brokers, closed_windows, database, work, [])
             peak_rss = max(peak_rss, rss)
             record("aggregator end to end", total, elapsed)
 
