@@ -10,6 +10,10 @@
 # and 9000. User `default` has no password; if CTR_CLICKHOUSE_PASSWORD is set, user `ctr` is
 # created with it. With CTR_CLICKHOUSE_HTTPS_PORT, CTR_CLICKHOUSE_TLS_CERT and
 # CTR_CLICKHOUSE_TLS_KEY set, it also serves HTTPS on that port.
+# As a replica of a cluster (see scripts/clickhouse-cluster.sh): CTR_CLICKHOUSE_ZOOKEEPER
+# (host:port), CTR_CLICKHOUSE_CLUSTER (cluster name), CTR_CLICKHOUSE_CLUSTER_REPLICAS (the
+# replicas' host:tcp_port, comma-separated, one shard), CTR_CLICKHOUSE_REPLICA (this replica's
+# {replica} macro; {shard} is 01) and CTR_CLICKHOUSE_INTERSERVER_PORT (replication fetches).
 set -euo pipefail
 
 command="${1:-}"
@@ -112,6 +116,20 @@ XML
     <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><cacheSessions>true</cacheSessions>
     <disableProtocols>sslv2,sslv3</disableProtocols><preferServerCiphers>true</preferServerCiphers></server></openSSL>"
         sed -i "s#</yandex>#${tls//$'\n'/ }</yandex>#" "$dir/config.xml"
+    fi
+    if [[ -n "${CTR_CLICKHOUSE_ZOOKEEPER:-}" ]]; then
+        replicas=""
+        IFS=',' read -ra addresses <<<"${CTR_CLICKHOUSE_CLUSTER_REPLICAS:?set CTR_CLICKHOUSE_CLUSTER_REPLICAS=host:port,...}"
+        for address in "${addresses[@]}"; do
+            replicas+="<replica><host>${address%:*}</host><port>${address##*:}</port></replica>"
+        done
+        cluster="<zookeeper><node><host>${CTR_CLICKHOUSE_ZOOKEEPER%:*}</host><port>${CTR_CLICKHOUSE_ZOOKEEPER##*:}</port></node><session_timeout_ms>15000</session_timeout_ms></zookeeper>
+    <remote_servers><${CTR_CLICKHOUSE_CLUSTER:?}><shard><internal_replication>true</internal_replication>${replicas}</shard></${CTR_CLICKHOUSE_CLUSTER}></remote_servers>
+    <macros><shard>01</shard><replica>${CTR_CLICKHOUSE_REPLICA:?}</replica></macros>
+    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <interserver_http_port>${CTR_CLICKHOUSE_INTERSERVER_PORT:?}</interserver_http_port>"
+        sed -i "s#</yandex>#${cluster//$'\n'/ }</yandex>#" "$dir/config.xml"
     fi
     echo "$http_port" >"$dir/http_port"
     # The server refuses to run as root only when its data directory belongs to another user;

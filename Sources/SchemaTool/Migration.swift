@@ -13,20 +13,27 @@ public struct Migration: Sendable, Hashable {
     public var path: String
     /// SHA-256 of the file's bytes (before templating).
     public var checksum: String
-    /// The statements, templated.
+    /// The statements, templated (and rewritten for the cluster, if any).
     public var statements: [SQLStatement]
+    /// The statements as written in the file, before templating.
+    public var template: [SQLStatement]
 }
 
 /// Reads, validates and templates the migrations directory.
 public struct MigrationSet: Sendable {
     public var migrations: [Migration]
+    /// The values of `${NAME}`s the statements were rendered with.
+    public var variables: [String: String]
+    /// The cluster the statements were rewritten for (see ``ClusterRewriter``).
+    public var cluster: ClusterTarget?
 
     /// Loads every `NNNN_name.sql` in `directory`, in version order.
     ///
     /// Refuses, naming the file and line: a file name without a version, a duplicate version,
     /// a gap in the numbering, a statement that cannot be split (unterminated string or
-    /// comment), and a `${NAME}` that `variables` does not define.
-    public init(directory: String, variables: [String: String]) throws(MigrationError) {
+    /// comment), and a `${NAME}` that `variables` does not define. With a `cluster`, DDL is
+    /// rewritten by ``ClusterRewriter`` (`${DATABASE}` is the database of unqualified names).
+    public init(directory: String, variables: [String: String], cluster: ClusterTarget? = nil) throws(MigrationError) {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".sql") }.sorted()
@@ -53,18 +60,11 @@ public struct MigrationSet: Sendable {
             } catch {
                 throw MigrationError("\(path):\(error.line): \(error.message)")
             }
-            var rendered: [SQLStatement] = []
-            for statement in statements {
-                do {
-                    rendered.append(SQLStatement(text: try Template.render(statement.text, variables: variables), line: statement.line))
-                } catch {
-                    throw MigrationError(
-                        "\(path):\(statement.line + error.lineOffset): undefined variable ${\(error.name)}; pass --var \(error.name)=VALUE or set SCHEMA_VAR_\(error.name)"
-                    )
-                }
-            }
             migrations.append(
-                Migration(version: version, name: String(stem.dropFirst(digits.count + 1)), path: path, checksum: SHA256.hex(Array(data)), statements: rendered)
+                Migration(
+                    version: version, name: String(stem.dropFirst(digits.count + 1)), path: path, checksum: SHA256.hex(Array(data)),
+                    statements: try Self.render(statements, path: path, variables: variables, cluster: cluster), template: statements
+                )
             )
         }
         for (index, migration) in migrations.enumerated() {
@@ -76,6 +76,39 @@ public struct MigrationSet: Sendable {
             }
         }
         self.migrations = migrations
+        self.variables = variables
+        self.cluster = cluster
+    }
+
+    /// The same migrations rendered with other variables or for another cluster (or none).
+    public func rendered(variables: [String: String], cluster: ClusterTarget?) throws(MigrationError) -> MigrationSet {
+        var copy = self
+        copy.variables = variables
+        copy.cluster = cluster
+        for index in copy.migrations.indices {
+            let migration = copy.migrations[index]
+            copy.migrations[index].statements = try Self.render(migration.template, path: migration.path, variables: variables, cluster: cluster)
+        }
+        return copy
+    }
+
+    private static func render(
+        _ statements: [SQLStatement], path: String, variables: [String: String], cluster: ClusterTarget?
+    ) throws(MigrationError) -> [SQLStatement] {
+        var rendered: [SQLStatement] = []
+        for statement in statements {
+            var text: String
+            do {
+                text = try Template.render(statement.text, variables: variables)
+            } catch {
+                throw MigrationError(
+                    "\(path):\(statement.line + error.lineOffset): undefined variable ${\(error.name)}; pass --var \(error.name)=VALUE or set SCHEMA_VAR_\(error.name)"
+                )
+            }
+            if let cluster { text = ClusterRewriter.rewrite(text, for: cluster, database: variables["DATABASE"] ?? "default") }
+            rendered.append(SQLStatement(text: text, line: statement.line))
+        }
+        return rendered
     }
 }
 

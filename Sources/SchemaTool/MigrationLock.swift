@@ -1,83 +1,134 @@
 import ClickHouseHTTP
 import Foundation
 
-/// A lease lock in a ClickHouse table, so that concurrent `schema-tool migrate` runs against
-/// one database never both apply migrations.
+/// schema-tool's own tables (the ledger and the lock): how they are created and written.
 ///
-/// ClickHouse has no transactions or compare-and-set, so the lock is a queue: every contender
-/// appends a row (holder, time of request in microseconds, lease expiry) and then reads the
-/// table back; the holder is the earliest request (ties broken by holder id) that is neither
-/// released nor expired. All contenders read the same rows once their inserts are
-/// acknowledged, so they agree on one holder; the others wait and read again. Releasing
-/// appends a release row. A holder that dies without releasing blocks others only until its
-/// lease expires (``lease``, 10 minutes by default): then the next contender takes over, and
-/// resumes the dead holder's migration from its last recorded statement.
-public struct MigrationLock {
+/// On a single server they are MergeTree tables. On a cluster they are created `ON CLUSTER`
+/// as replicated tables with one ZooKeeper path for the whole cluster, so every host is a
+/// replica of the same ledger, and every write uses `insert_quorum` = the number of hosts: a
+/// write is acknowledged only once every host has it, so a reader on any host sees it.
+struct Bookkeeping: Sendable {
+    let endpoint: ClickHouseEndpoint
+    /// The database, quoted.
+    let database: String
+    let cluster: ClusterTarget?
+    /// Hosts that must have a write before it is acknowledged (`nil` on a single server).
+    let quorum: Int?
+
+    func create(_ connection: ClickHouseConnection, table: String, columns: String, orderBy: String) throws(ClickHouseError) {
+        var statement = "CREATE TABLE IF NOT EXISTS \(database).\(table) (\(columns)) ENGINE = MergeTree ORDER BY \(orderBy)"
+        if let cluster {
+            statement = ClusterRewriter.rewrite(statement, for: cluster.bookkeeping, database: endpoint.database)
+        }
+        try connection.run(statement)
+    }
+
+    /// Appends one row. On a cluster, waits for the quorum; ClickHouse versions that allow one
+    /// quorum insert per table at a time refuse concurrent ones (code 286), which are retried.
+    func insert(_ connection: ClickHouseConnection, table: String, row: [String: Any]) throws(ClickHouseError) {
+        let body = (try? JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])).map(Array.init) ?? []
+        let settings = quorum.map { ["insert_quorum": "\($0)", "insert_quorum_timeout": "60000"] } ?? [:]
+        var attempt = 0
+        while true {
+            do {
+                _ = try connection.execute("INSERT INTO \(database).\(table) FORMAT JSONEachRow", body: body, settings: settings)
+                return
+            } catch where error.code == 286 && attempt < 200 {
+                attempt += 1
+                Thread.sleep(forTimeInterval: 0.05 + Double.random(in: 0..<0.1))
+            }
+        }
+    }
+}
+
+/// A lease lock in a ClickHouse table, so that concurrent `schema-tool migrate` runs against
+/// one database (or, with `--cluster`, against any hosts of the cluster) never both apply
+/// migrations.
+///
+/// ClickHouse has no transactions or compare-and-set, so the lock is a queue in an append-only
+/// table: a contender appends a request (holder, request time in microseconds, lease expiry)
+/// and the holder is the earliest request (ties broken by holder id) that is neither released
+/// nor expired. Two rules make every contender agree on that holder:
+/// - a request counts only if its insert was acknowledged within ``settle``/2 of its request
+///   time (otherwise the contender withdraws it and asks again);
+/// - a contender reads the queue only from its request time + ``settle`` on.
+///
+/// So any request earlier than mine was acknowledged, and visible on every host, before I
+/// first look (clocks of the machines running schema-tool must agree to within ``settle``/2).
+/// The holder renews its lease every ``lease``/4 from a background thread while it works;
+/// releasing appends a release row. A holder that dies without releasing blocks others until
+/// its lease expires (``lease``, 2 minutes by default, after its last renewal): then the next
+/// contender takes over and resumes the dead holder's migration from its last recorded
+/// statement.
+public final class MigrationLock {
     public static let table = "schema_migrations_lock"
 
     let connection: ClickHouseConnection
-    let database: String
+    let bookkeeping: Bookkeeping
     let holder: String
     let lease: Duration
+    let settle: Duration
+    private var requested: UInt64 = 0
+    private var heartbeat: Heartbeat?
 
-    init(connection: ClickHouseConnection, database: String, holder: String, lease: Duration = .seconds(600)) {
+    init(connection: ClickHouseConnection, bookkeeping: Bookkeeping, holder: String, lease: Duration = .seconds(120), settle: Duration = .seconds(1)) {
         self.connection = connection
-        self.database = database
+        self.bookkeeping = bookkeeping
         var random = SystemRandomNumberGenerator()
         self.holder = "\(holder) #\(String(random.next() & 0xFFFF_FFFF, radix: 16))"
         self.lease = lease
+        self.settle = settle
     }
 
-    static func prepare(_ connection: ClickHouseConnection, database: String) throws(ClickHouseError) {
-        try connection.run(
-            """
-            CREATE TABLE IF NOT EXISTS \(database).\(table) (
-                holder String, requested_us UInt64, expires_us UInt64, released UInt8
-            ) ENGINE = MergeTree ORDER BY requested_us
-            """
+    static func prepare(_ connection: ClickHouseConnection, bookkeeping: Bookkeeping) throws(ClickHouseError) {
+        try bookkeeping.create(
+            connection, table: table, columns: "holder String, requested_us UInt64, expires_us UInt64, released UInt8", orderBy: "requested_us"
         )
     }
 
     private static func microseconds() -> UInt64 { UInt64(Date().timeIntervalSince1970 * 1_000_000) }
+    private static func microseconds(_ duration: Duration) -> UInt64 {
+        UInt64(duration.components.seconds) * 1_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000_000)
+    }
 
-    private func append(requested: UInt64, released: Bool) throws(ClickHouseError) {
-        let expires = requested + UInt64(lease.components.seconds) * 1_000_000
-        let row: [String: Any] = ["holder": holder, "requested_us": requested, "expires_us": expires, "released": released ? 1 : 0]
-        let body = (try? JSONSerialization.data(withJSONObject: row)).map(Array.init) ?? []
-        _ = try connection.execute("INSERT INTO \(database).\(Self.table) FORMAT JSONEachRow", body: body)
+    static func append(
+        _ connection: ClickHouseConnection, bookkeeping: Bookkeeping, holder: String, requested: UInt64, lease: Duration, released: Bool
+    ) throws(ClickHouseError) {
+        let row: [String: Any] = [
+            "holder": holder, "requested_us": requested, "expires_us": microseconds() + microseconds(lease), "released": released ? 1 : 0,
+        ]
+        try bookkeeping.insert(connection, table: table, row: row)
     }
 
     /// The current holder, if any.
     func currentHolder() throws(ClickHouseError) -> String? {
-        let now = Self.microseconds()
         let holder = try connection.scalar(
             """
-            SELECT holder FROM \(database).\(Self.table) GROUP BY holder
-            HAVING max(released) = 0 AND max(expires_us) > \(now)
+            SELECT holder FROM \(bookkeeping.database).\(Self.table) GROUP BY holder
+            HAVING max(released) = 0 AND max(expires_us) > \(Self.microseconds())
             ORDER BY min(requested_us), holder LIMIT 1
             """
         )
         return holder.isEmpty ? nil : holder
     }
 
-    /// Waits until this process holds the lock.
+    /// Waits until this process holds the lock, then keeps renewing its lease until ``release()``.
     func acquire(timeout: Duration) throws(MigratorError) {
         let deadline = ContinuousClock.now + timeout
-        do {
-            try append(requested: Self.microseconds(), released: false)
-        } catch {
-            throw .clickHouse(error)
-        }
+        try request(deadline: deadline, timeout: timeout)
         var reported = false
         while true {
             let current: String?
             do { current = try currentHolder() } catch { throw .clickHouse(error) }
-            if current == holder { return }
+            if current == holder {
+                heartbeat = Heartbeat(bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease)
+                return
+            }
             if ContinuousClock.now > deadline {
                 release()
                 throw .lockTimeout(
-                    "another schema-tool holds the migration lock of \(database) (\(current ?? "unknown")); waited \(timeout). "
-                        + "If that process is dead, its lease expires \(lease) after it started."
+                    "another schema-tool holds the migration lock of \(bookkeeping.database) (\(current ?? "unknown")); waited \(timeout). "
+                        + "If that process is dead, its lease expires at most \(lease) after its last renewal."
                 )
             }
             if !reported {
@@ -88,7 +139,70 @@ public struct MigrationLock {
         }
     }
 
+    /// Appends this process's request, acknowledged within `settle`/2, and waits until its
+    /// request time + `settle` has passed.
+    private func request(deadline: ContinuousClock.Instant, timeout: Duration) throws(MigratorError) {
+        let halfSettle = Self.microseconds(settle) / 2
+        while true {
+            requested = Self.microseconds()
+            do {
+                try Self.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease, released: false)
+                if Self.microseconds() - requested <= halfSettle { break }
+                // Acknowledged too late for others to have seen it in time: withdraw and ask again.
+                try Self.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease, released: true)
+            } catch {
+                throw .clickHouse(error)
+            }
+            guard ContinuousClock.now < deadline else {
+                throw .lockTimeout("ClickHouse acknowledged every request for the migration lock later than \(settle / 2) within \(timeout)")
+            }
+        }
+        let readable = requested + Self.microseconds(settle)
+        let now = Self.microseconds()
+        if readable > now { Thread.sleep(forTimeInterval: Double(readable - now) / 1_000_000) }
+    }
+
     func release() {
-        try? append(requested: Self.microseconds(), released: true)
+        heartbeat?.stop()
+        heartbeat = nil
+        try? Self.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: .zero, released: true)
+    }
+}
+
+/// Renews a held lock's lease every quarter lease, on its own thread and connection.
+private final class Heartbeat: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var stopped = false
+    private var finished = false
+
+    init(bookkeeping: Bookkeeping, holder: String, requested: UInt64, lease: Duration) {
+        let interval = max(Double(lease.components.seconds) / 4, 0.5)
+        let thread = Thread { [self] in
+            let connection = try? ClickHouseConnection(endpoint: bookkeeping.endpoint)
+            condition.lock()
+            while !stopped {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: interval))
+                if stopped { break }
+                condition.unlock()
+                if let connection {
+                    try? MigrationLock.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease, released: false)
+                }
+                condition.lock()
+            }
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.name = "schema-tool lock heartbeat"
+        thread.start()
+    }
+
+    /// Stops renewing and waits for an in-flight renewal to finish.
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
     }
 }

@@ -62,8 +62,11 @@ public final class Migrator {
     public let connection: ClickHouseConnection
     public let database: String
     public let migrations: MigrationSet
+    /// The cluster the migrations run on (`ON CLUSTER`), from the migration set.
+    public var cluster: ClusterTarget? { migrations.cluster }
     private let actor: String
     private let output: (String) -> Void
+    private var cachedBookkeeping: Bookkeeping?
 
     public init(connection: ClickHouseConnection, migrations: MigrationSet, output: @escaping (String) -> Void = { print($0) }) {
         self.connection = connection
@@ -77,18 +80,51 @@ public final class Migrator {
 
     var quotedDatabase: String { "`\(database.replacingOccurrences(of: "`", with: "\\`"))`" }
 
-    /// Creates the database, the ledger and the lock table if missing.
-    public func prepare() throws(ClickHouseError) {
-        _ = try connection.execute("CREATE DATABASE IF NOT EXISTS \(quotedDatabase)", useDatabase: false)
-        try connection.run(
-            """
-            CREATE TABLE IF NOT EXISTS \(quotedDatabase).\(Self.ledgerTable) (
-                version UInt32, name String, checksum String, statements_total UInt32, statements_done UInt32,
-                state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, applied_by String, seq UInt64
-            ) ENGINE = MergeTree ORDER BY (version, seq)
-            """
-        )
-        try MigrationLock.prepare(connection, database: quotedDatabase)
+    /// How the ledger and lock tables are written; on a cluster, checks that the server knows
+    /// the cluster and counts its hosts (the insert quorum).
+    func bookkeeping() throws(MigratorError) -> Bookkeeping {
+        if let cachedBookkeeping { return cachedBookkeeping }
+        var quorum: Int?
+        if let cluster {
+            let hosts: Int
+            do {
+                let escaped = cluster.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'")
+                let answer = try connection.execute("SELECT count() FROM system.clusters WHERE cluster = '\(escaped)'", useDatabase: false)
+                hosts = Int(answer.text.trimmingCharacters(in: .newlines)) ?? 0
+            } catch {
+                throw .clickHouse(error)
+            }
+            guard hosts > 0 else {
+                throw .inconsistent(
+                    "the server at \(ClickHouseEndpoint.redacted(connection.endpoint.url)) knows no cluster named \(cluster.name) (see SELECT DISTINCT cluster FROM system.clusters); define it in <remote_servers> or fix --cluster"
+                )
+            }
+            quorum = hosts
+        }
+        let bookkeeping = Bookkeeping(endpoint: connection.endpoint, database: quotedDatabase, cluster: cluster, quorum: quorum)
+        cachedBookkeeping = bookkeeping
+        return bookkeeping
+    }
+
+    /// Creates the database, the ledger and the lock table if missing (on every host of the
+    /// cluster, if any).
+    public func prepare() throws(MigratorError) {
+        let bookkeeping = try bookkeeping()
+        do {
+            let onCluster = cluster.map { " " + $0.onClusterClause } ?? ""
+            _ = try connection.execute("CREATE DATABASE IF NOT EXISTS \(quotedDatabase)\(onCluster)", useDatabase: false)
+            try bookkeeping.create(
+                connection, table: Self.ledgerTable,
+                columns: """
+                    version UInt32, name String, checksum String, statements_total UInt32, statements_done UInt32, state String,
+                    error String, recorded_at DateTime('UTC'), duration_ms UInt64, applied_by String, seq UInt64
+                    """,
+                orderBy: "(version, seq)"
+            )
+            try MigrationLock.prepare(connection, bookkeeping: bookkeeping)
+        } catch {
+            throw .clickHouse(error)
+        }
     }
 
     /// The latest ledger entry of every version.
@@ -172,10 +208,10 @@ public final class Migrator {
 
     /// Applies pending migrations up to `target` (all when `nil`). Returns the versions applied.
     @discardableResult
-    public func migrate(to target: Int? = nil, lockTimeout: Duration = .seconds(300)) throws(MigratorError) -> [Int] {
-        do { try prepare() } catch { throw .clickHouse(error) }
-        let lock = MigrationLock(connection: connection, database: quotedDatabase, holder: actor)
-        do { try lock.acquire(timeout: lockTimeout) } catch { throw error }
+    public func migrate(to target: Int? = nil, lockTimeout: Duration = .seconds(300), lockLease: Duration = .seconds(120)) throws(MigratorError) -> [Int] {
+        try prepare()
+        let lock = MigrationLock(connection: connection, bookkeeping: try bookkeeping(), holder: actor, lease: lockLease)
+        try lock.acquire(timeout: lockTimeout)
         defer { lock.release() }
         let work = try plan(to: target)
         var applied: [Int] = []
@@ -220,7 +256,7 @@ public final class Migrator {
     /// Marks every migration up to `version` as applied without running it (adopting an
     /// existing database whose schema already matches them).
     public func baseline(_ version: Int) throws(MigratorError) {
-        do { try prepare() } catch { throw .clickHouse(error) }
+        try prepare()
         for migration in migrations.migrations where migration.version <= version {
             record(migration, done: migration.statements.count, state: .baseline, error: "", started: .now)
         }
@@ -280,9 +316,8 @@ public final class Migrator {
             "error": String(error.prefix(2000)), "recorded_at": Self.dateTimeText(Date()), "duration_ms": milliseconds,
             "applied_by": actor, "seq": sequence,
         ]
-        guard let body = try? JSONSerialization.data(withJSONObject: row) else { return }
         do {
-            _ = try connection.execute("INSERT INTO \(quotedDatabase).\(Self.ledgerTable) FORMAT JSONEachRow", body: Array(body))
+            try bookkeeping().insert(connection, table: Self.ledgerTable, row: row)
         } catch {
             output("warning: could not record migration \(migration.version) progress in the ledger: \(error)")
         }

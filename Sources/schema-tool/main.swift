@@ -11,6 +11,7 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "File holding the ClickHouse password (otherwise CLICKHOUSE_USER / CLICKHOUSE_PASSWORD).") var passwordFile: String?
     @Option(help: "CA certificates (PEM) for HTTPS.") var caFile: String?
     @Option(name: .customLong("var"), help: "Template variable NAME=VALUE for ${NAME}; repeatable. Also from SCHEMA_VAR_NAME.") var variables: [String] = []
+    @OptionGroup var clusterOptions: ClusterOptions
 
     func variableValues() throws -> [String: String] {
         var values: [String: String] = [:]
@@ -28,7 +29,7 @@ struct ConnectionOptions: ParsableArguments {
 
     func loadMigrations() throws -> MigrationSet {
         do {
-            return try MigrationSet(directory: migrationsDir, variables: try variableValues())
+            return try MigrationSet(directory: migrationsDir, variables: try variableValues(), cluster: clusterOptions.target)
         } catch let error as MigrationError {
             throw Failure(error.description)
         }
@@ -40,6 +41,21 @@ struct ConnectionOptions: ParsableArguments {
         return try ClickHouseConnection(
             endpoint: ClickHouseEndpoint(url: url, database: database, credentials: credentials, caFile: caFile, requestTimeout: .seconds(300))
         )
+    }
+}
+
+/// `--cluster` and how replicated tables are named in ZooKeeper.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Run DDL ON CLUSTER NAME with Replicated engines, and keep the ledger replicated on every host. (env: SCHEMA_CLUSTER)")
+    var cluster: String?
+    @Option(help: "With --cluster: ZooKeeper path of each replicated table; {database} and {table} are filled in by schema-tool, other macros by the server.")
+    var replicationPath = "/clickhouse/tables/{shard}/{database}/{table}"
+    @Option(help: "With --cluster: replica name, expanded by each server from its <macros>.")
+    var replicaName = "{replica}"
+
+    var target: ClusterTarget? {
+        guard let name = cluster ?? ProcessInfo.processInfo.environment["SCHEMA_CLUSTER"], !name.isEmpty else { return nil }
+        return ClusterTarget(name: name, replicationPath: replicationPath, replicaName: replicaName)
     }
 }
 
@@ -78,12 +94,13 @@ struct Migrate: ParsableCommand {
     @OptionGroup var options: ConnectionOptions
     @Option(help: "Apply up to this version only.") var to: Int?
     @Option(help: "Seconds to wait for another migrate holding the lock.") var lockTimeout = 300
+    @Option(help: "Seconds a dead lock holder blocks others (the holder renews its lease every quarter of it).") var lockLease = 120
 
     func run() throws {
         try reportingFailures {
             let migrator = Migrator(connection: try options.connect(), migrations: try options.loadMigrations())
             let started = ContinuousClock.now
-            let applied = try migrator.migrate(to: to, lockTimeout: .seconds(lockTimeout))
+            let applied = try migrator.migrate(to: to, lockTimeout: .seconds(lockTimeout), lockLease: .seconds(lockLease))
             let elapsed = ContinuousClock.now - started
             if applied.isEmpty {
                 print("database \(options.database) is up to date; nothing to apply")
@@ -237,10 +254,12 @@ struct Render: ParsableCommand {
     @Option(help: "Directory of NNNN_name.sql files.") var migrationsDir = "migrations"
     @Option(help: "Value of ${DATABASE}.") var database = "default"
     @Option(name: .customLong("var"), help: "Template variable NAME=VALUE; repeatable.") var variables: [String] = []
+    @OptionGroup var clusterOptions: ClusterOptions
 
     func run() throws {
         var options = try ConnectionOptions.parse(["--database", database, "--migrations-dir", migrationsDir] + variables.flatMap { ["--var", $0] })
         options.database = database
+        options.clusterOptions = clusterOptions
         let migrations = try reportingFailures(options.loadMigrations)
         let document = migrations.migrations.map { migration in
             ["version": migration.version, "name": migration.name, "statements": migration.statements.map(\.text)] as [String: Any]

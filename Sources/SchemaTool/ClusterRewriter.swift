@@ -1,0 +1,162 @@
+/// A replicated ClickHouse cluster that migrations run on (`schema-tool --cluster NAME`).
+public struct ClusterTarget: Sendable, Hashable {
+    /// The cluster's name in the servers' `remote_servers` (as `system.clusters` lists it).
+    public var name: String
+    /// ZooKeeper path of each replicated table. schema-tool fills in `{database}` and `{table}`
+    /// (so it works on servers that predate those macros); `{shard}` and any other macro are
+    /// expanded by each server from its `<macros>`.
+    public var replicationPath: String
+    /// Replica name, expanded by each server (`{replica}` from its `<macros>`).
+    public var replicaName: String
+
+    public init(
+        name: String, replicationPath: String = "/clickhouse/tables/{shard}/{database}/{table}", replicaName: String = "{replica}"
+    ) {
+        self.name = name
+        self.replicationPath = replicationPath
+        self.replicaName = replicaName
+    }
+
+    /// The variant for schema-tool's own ledger and lock tables: every host of the cluster,
+    /// whatever its shard, is a replica of one table, so all hosts read the same ledger.
+    var bookkeeping: ClusterTarget {
+        ClusterTarget(name: name, replicationPath: "/clickhouse/schema_tool/{database}/{table}", replicaName: "{shard}_{replica}")
+    }
+
+    /// `ON CLUSTER name`, quoting the name when it is not a plain identifier.
+    var onClusterClause: String {
+        let plain = !name.isEmpty && name.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) }
+        return "ON CLUSTER " + (plain ? name : "`" + name.replacingOccurrences(of: "`", with: "\\`") + "`")
+    }
+}
+
+/// Rewrites a rendered DDL statement to run on every host of a ``ClusterTarget``.
+///
+/// - `CREATE`/`DROP` of tables, views, materialized views, databases and dictionaries,
+///   `ALTER TABLE`, `TRUNCATE`, `OPTIMIZE` and `RENAME TABLE` get `ON CLUSTER name` (unless they
+///   already have an `ON CLUSTER` clause).
+/// - MergeTree-family engines of created tables and of materialized views' inner tables become
+///   their `Replicated` variants, with the cluster's ZooKeeper path and replica name as the first
+///   arguments. `Log`, `TinyLog` and `StripeLog` become `ReplicatedMergeTree ... ORDER BY
+///   tuple()`, so that data one host writes (a cut-over time, for example) is on every host.
+/// - Everything else (`INSERT`, `SELECT`, `WAIT UNTIL`, engines that are already replicated or
+///   are per-host by nature, such as `Distributed` and `Memory`) is left as it is: an `INSERT`
+///   into a replicated table reaches every replica through replication.
+public enum ClusterRewriter {
+    static let mergeTreeFamily: Set<String> = [
+        "MergeTree", "ReplacingMergeTree", "SummingMergeTree", "AggregatingMergeTree", "CollapsingMergeTree",
+        "VersionedCollapsingMergeTree", "GraphiteMergeTree",
+    ]
+    static let logFamily: Set<String> = ["Log", "TinyLog", "StripeLog"]
+
+    /// The statement for `cluster`; `database` is the database of unqualified names.
+    public static func rewrite(_ statement: String, for cluster: ClusterTarget, database: String) -> String {
+        var tokens = SQLLexer.tokens(statement)
+        let significant = tokens.indices.filter { tokens[$0].kind != .trivia }
+        func keyword(_ position: Int, _ word: String) -> Bool {
+            position < significant.count && tokens[significant[position]].isKeyword(word)
+        }
+        func symbol(_ position: Int, _ text: String) -> Bool {
+            position < significant.count && tokens[significant[position]].kind == .symbol && tokens[significant[position]].text == text
+        }
+        /// The qualified name starting at `position`: (database, name, position of its last token).
+        func qualifiedName(at position: Int) -> (database: String, name: String, last: Int)? {
+            guard position < significant.count, let first = tokens[significant[position]].identifier else { return nil }
+            if symbol(position + 1, "."), position + 2 < significant.count, let second = tokens[significant[position + 2]].identifier {
+                return (first, second, position + 2)
+            }
+            return (database, first, position)
+        }
+
+        var position = 0
+        enum Object { case table, materializedView, other }
+        var object = Object.other
+        var nameEnd: Int?
+        var created: (database: String, name: String)?
+        if keyword(0, "CREATE") || keyword(0, "ATTACH") {
+            position = 1
+            if keyword(position, "TEMPORARY") { position += 1 }
+            if keyword(position, "TABLE") {
+                object = .table
+                position += 1
+            } else if keyword(position, "MATERIALIZED") && keyword(position + 1, "VIEW") {
+                object = .materializedView
+                position += 2
+            } else if keyword(position, "VIEW") || keyword(position, "DATABASE") || keyword(position, "DICTIONARY") {
+                position += 1
+            } else {
+                return statement
+            }
+            if keyword(position, "IF") && keyword(position + 1, "NOT") && keyword(position + 2, "EXISTS") { position += 3 }
+            if let name = qualifiedName(at: position) {
+                nameEnd = name.last
+                created = (name.database, name.name)
+            }
+        } else if keyword(0, "DROP") || keyword(0, "DETACH") || keyword(0, "TRUNCATE") {
+            position = 1
+            if keyword(position, "TEMPORARY") { position += 1 }
+            guard keyword(position, "TABLE") || keyword(position, "VIEW") || keyword(position, "DATABASE") || keyword(position, "DICTIONARY")
+            else { return statement }
+            position += 1
+            if keyword(position, "IF") && keyword(position + 1, "EXISTS") { position += 2 }
+            nameEnd = qualifiedName(at: position)?.last
+        } else if (keyword(0, "ALTER") || keyword(0, "OPTIMIZE")) && keyword(1, "TABLE") {
+            nameEnd = qualifiedName(at: 2)?.last
+        } else if keyword(0, "RENAME") && keyword(1, "TABLE") {
+            nameEnd = significant.count - 1
+        } else {
+            return statement
+        }
+        guard let nameEnd else { return statement }
+
+        // The engine clause, before the body of `AS SELECT`, outside parentheses.
+        if object != .other, let created {
+            var depth = 0
+            var cursor = nameEnd + 1
+            while cursor < significant.count {
+                let token = tokens[significant[cursor]]
+                if token.kind == .symbol && token.text == "(" { depth += 1 }
+                if token.kind == .symbol && token.text == ")" { depth -= 1 }
+                if depth == 0 && token.isKeyword("SELECT") { break }
+                if depth == 0 && token.isKeyword("ENGINE") && symbol(cursor + 1, "="), cursor + 2 < significant.count {
+                    let table = object == .materializedView ? ".inner." + created.name : created.name
+                    replicateEngine(at: cursor + 2, in: &tokens, significant: significant, cluster: cluster, database: created.database, table: table)
+                    break
+                }
+                cursor += 1
+            }
+        }
+        if !(keyword(nameEnd + 1, "ON") && keyword(nameEnd + 2, "CLUSTER")) {
+            tokens[significant[nameEnd]].text += " " + cluster.onClusterClause
+        }
+        return tokens.map(\.text).joined()
+    }
+
+    private static func replicateEngine(
+        at position: Int, in tokens: inout [SQLToken], significant: [Int], cluster: ClusterTarget, database: String, table: String
+    ) {
+        let engine = tokens[significant[position]].text
+        let path = cluster.replicationPath.replacingOccurrences(of: "{database}", with: database).replacingOccurrences(of: "{table}", with: table)
+        let arguments = quoted(path) + ", " + quoted(cluster.replicaName)
+        let opens = position + 1 < significant.count && tokens[significant[position + 1]].text == "("
+        if mergeTreeFamily.contains(engine) {
+            tokens[significant[position]].text = "Replicated" + engine
+            if opens {
+                let empty = position + 2 < significant.count && tokens[significant[position + 2]].text == ")"
+                tokens[significant[position + 1]].text += arguments + (empty ? "" : ", ")
+            } else {
+                tokens[significant[position]].text += "(" + arguments + ")"
+            }
+        } else if logFamily.contains(engine) {
+            tokens[significant[position]].text = "ReplicatedMergeTree(" + arguments + ") ORDER BY tuple()"
+            if opens, position + 2 < significant.count, tokens[significant[position + 2]].text == ")" {
+                tokens[significant[position + 1]].text = ""
+                tokens[significant[position + 2]].text = ""
+            }
+        }
+    }
+
+    private static func quoted(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs a private single-node ZooKeeper (Debian's `zookeeper` package) bound to 127.0.0.1, for
+# the replicated ClickHouse cluster of scripts/clickhouse-cluster.sh.
+#
+#   scripts/zookeeper-local.sh start DIR [CLIENT_PORT]   # idempotent; waits for `ruok`
+#   scripts/zookeeper-local.sh stop DIR
+#
+# DIR holds zoo.cfg, data/, zookeeper.log and zookeeper.pid. The port defaults to 2181.
+set -euo pipefail
+
+command="${1:-}"
+dir="${2:-}"
+if [[ -z "$command" || -z "$dir" ]]; then
+    echo "usage: $0 start|stop DIR [CLIENT_PORT]" >&2
+    exit 2
+fi
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+pidfile="$dir/zookeeper.pid"
+
+running() {
+    [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+ruok() {
+    local answer
+    answer="$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf ruok >&3; cat <&3" 2>/dev/null || true)"
+    [[ "$answer" == "imok" ]]
+}
+
+case "$command" in
+stop)
+    if running; then
+        pid="$(cat "$pidfile")"
+        kill "$pid"
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+    ;;
+start)
+    port="${3:-2181}"
+    if running; then
+        echo "ZooKeeper already running (pid $(cat "$pidfile"), port $(cat "$dir/client_port"))"
+        exit 0
+    fi
+    jar=/usr/share/java/zookeeper.jar
+    java="$(command -v java || true)"
+    if [[ ! -f "$jar" || -z "$java" ]]; then
+        echo "error: ZooKeeper is not installed. Install it with: apt-get install -y zookeeper" >&2
+        exit 1
+    fi
+    mkdir -p "$dir/data"
+    cat >"$dir/zoo.cfg" <<CFG
+tickTime=500
+initLimit=10
+syncLimit=5
+dataDir=$dir/data
+clientPort=$port
+clientPortAddress=127.0.0.1
+maxClientCnxns=200
+admin.enableServer=false
+4lw.commands.whitelist=ruok,stat,mntr
+CFG
+    echo "$port" >"$dir/client_port"
+    nohup "$java" -Xmx256m -cp "$jar:/etc/zookeeper/conf:/usr/share/java/slf4j-simple.jar" -Dzookeeper.log.dir="$dir" \
+        org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zookeeper.log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 300); do
+        if ruok "$port"; then
+            echo "ZooKeeper ready on 127.0.0.1:$port (data in $dir)"
+            exit 0
+        fi
+        if ! running; then
+            echo "error: ZooKeeper exited during start; see $dir/zookeeper.log" >&2
+            tail -n 20 "$dir/zookeeper.log" >&2 || true
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "error: ZooKeeper did not answer on port $port within 30 s; see $dir/zookeeper.log" >&2
+    exit 1
+    ;;
+*)
+    echo "usage: $0 start|stop DIR [CLIENT_PORT]" >&2
+    exit 2
+    ;;
+esac
