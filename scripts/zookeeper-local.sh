@@ -2,7 +2,7 @@
 # Runs a private single-node ZooKeeper (Debian's `zookeeper` package) bound to 127.0.0.1, for
 # the replicated ClickHouse cluster of scripts/clickhouse-cluster.sh.
 #
-#   scripts/zookeeper-local.sh start DIR [CLIENT_PORT]   # idempotent; waits for `ruok`
+#   scripts/zookeeper-local.sh start DIR [CLIENT_PORT]   # idempotent; waits until it serves
 #   scripts/zookeeper-local.sh stop DIR
 #
 # DIR holds zoo.cfg, data/, zookeeper.log and zookeeper.pid. The port defaults to 2181.
@@ -22,10 +22,11 @@ running() {
     [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
-ruok() {
+# `ruok` answers as soon as the port is open; `srvr` reports a mode only once the server serves.
+serving() {
     local answer
-    answer="$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf ruok >&3; cat <&3" 2>/dev/null || true)"
-    [[ "$answer" == "imok" ]]
+    answer="$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf srvr >&3; cat <&3" 2>/dev/null || true)"
+    [[ "$answer" == *"Mode: "* ]]
 }
 
 case "$command" in
@@ -63,14 +64,22 @@ clientPort=$port
 clientPortAddress=127.0.0.1
 maxClientCnxns=200
 admin.enableServer=false
-4lw.commands.whitelist=ruok,stat,mntr
+4lw.commands.whitelist=ruok,srvr,stat,mntr
 CFG
     echo "$port" >"$dir/client_port"
-    nohup "$java" -Xmx256m -cp "$jar:/etc/zookeeper/conf:/usr/share/java/slf4j-simple.jar" -Dzookeeper.log.dir="$dir" \
-        org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zookeeper.log" 2>&1 &
+    # The JVM would keep every descriptor it inherits open for its lifetime (a caller waiting
+    # for EOF on one of them would wait forever): close all but 0-2 before starting it.
+    (
+        for fd in /proc/self/fd/*; do
+            fd="${fd##*/}"
+            if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec nohup "$java" -Xmx256m -cp "$jar:/etc/zookeeper/conf:/usr/share/java/slf4j-simple.jar" -Dzookeeper.log.dir="$dir" \
+            org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" </dev/null >"$dir/zookeeper.log" 2>&1
+    ) &
     echo $! >"$pidfile"
     for _ in $(seq 1 300); do
-        if ruok "$port"; then
+        if serving "$port"; then
             echo "ZooKeeper ready on 127.0.0.1:$port (data in $dir)"
             exit 0
         fi

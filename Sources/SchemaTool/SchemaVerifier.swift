@@ -71,28 +71,151 @@ public struct SchemaVerifier {
     }
 
     /// Every difference between the live schema and the migrations applied (`through`).
+    ///
+    /// The applied migrations' DDL is replayed into a scratch database on the same server
+    /// (`INSERT`s and `WAIT UNTIL`s skipped), which is then compared with the live database,
+    /// object by object: existence, engine (its `Replicated` variant on a cluster), columns with
+    /// their types and defaults in order, and for views their `TO` target and `SELECT`. The
+    /// scratch database is dropped afterwards.
     public func differences(through version: Int) throws(ClickHouseError) -> [String] {
-        let declared = declaredObjects(through: version)
-        let live = try liveObjects()
+        var random = SystemRandomNumberGenerator()
+        let scratchName = "_schema_tool_verify_\(ProcessInfo.processInfo.processIdentifier)_\(random.next() % 1_000_000)"
+        var scratchEndpoint = connection.endpoint
+        scratchEndpoint.database = scratchName
+        let scratch: ClickHouseConnection
+        do { scratch = try ClickHouseConnection(endpoint: scratchEndpoint) } catch { return ["cannot open a scratch connection: \(error)"] }
+        _ = try scratch.execute("CREATE DATABASE \(scratchName)", useDatabase: false)
+        defer { _ = try? scratch.execute("DROP DATABASE IF EXISTS \(scratchName)", useDatabase: false) }
+
+        var variables = migrations.variables
+        variables["DATABASE"] = scratchName
+        let replay: MigrationSet
+        do { replay = try migrations.rendered(variables: variables, cluster: nil) } catch { return [error.description] }
+        for migration in replay.migrations where migration.version <= version {
+            for (index, statement) in migration.statements.enumerated() where Self.definesSchema(statement.text) {
+                do {
+                    try scratch.run(statement.text)
+                } catch {
+                    return ["cannot replay \(migration.path):\(statement.line) (statement \(index + 1)) in a scratch database to compare with: \(error)"]
+                }
+            }
+        }
+
+        let expected = try objects(in: scratch)
+        let live = try objects(in: connection)
+        let liveDatabase = connection.endpoint.database
+        func normalized(_ text: String) -> String {
+            text.replacingOccurrences(of: "`\(scratchName)`.", with: "\(liveDatabase).").replacingOccurrences(of: "\(scratchName).", with: "\(liveDatabase).")
+        }
         var problems: [String] = []
-        for object in declared.values.sorted(by: { $0.name < $1.name }) {
-            guard let engine = live[object.name] else {
-                problems.append("missing: \(object.kind.rawValue) \(object.name) (created by migration \(object.migration))")
+        for (name, declaredEngine) in expected.sorted(by: { $0.key < $1.key }) {
+            guard let actualEngine = live[name] else {
+                problems.append("missing: \(declaredEngine) \(name)")
                 continue
             }
-            if let expected = object.engine, expected != engine {
-                problems.append("engine of \(object.name): expected \(expected) (migration \(object.migration)), found \(engine)")
+            let engine = expectedEngine(declaredEngine)
+            if engine != actualEngine {
+                problems.append("engine of \(name): expected \(engine), found \(actualEngine)")
             }
+            let expectedColumns = try columns(of: name, in: scratch)
+            let actualColumns = try columns(of: name, in: connection)
+            for column in expectedColumns where !actualColumns.contains(column) {
+                let found = actualColumns.first { $0.name == column.name }
+                problems.append(
+                    "column \(name).\(column.name): expected \(column), found \(found.map(String.init(describing:)) ?? "no such column")"
+                )
+            }
+            for column in actualColumns where !expectedColumns.contains(where: { $0.name == column.name }) {
+                problems.append("column \(name).\(column.name) (\(column.type)) is not defined by the applied migrations")
+            }
+            if expectedColumns.map(\.name) != actualColumns.map(\.name) && Set(expectedColumns.map(\.name)) == Set(actualColumns.map(\.name)) {
+                problems.append("columns of \(name) are in another order than the migrations define")
+            }
+            if declaredEngine == "View" || declaredEngine == "MaterializedView" {
+                let expectedDefinition = Self.viewDefinition(normalized(try createQuery(name, in: scratch)))
+                let actualDefinition = Self.viewDefinition(try createQuery(name, in: connection))
+                if expectedDefinition.target != actualDefinition.target {
+                    problems.append("view \(name) writes to \(actualDefinition.target ?? "its inner table"), expected \(expectedDefinition.target ?? "its inner table")")
+                }
+                if expectedDefinition.select != actualDefinition.select {
+                    problems.append("SELECT of view \(name) differs:\n  expected: \(expectedDefinition.select)\n  found:    \(actualDefinition.select)")
+                }
+            }
+        }
+        for (name, engine) in live.sorted(by: { $0.key < $1.key }) where expected[name] == nil && !Self.isBookkeeping(name) {
+            problems.append("unexpected: \(engine) \(name) is in the database but no applied migration creates it")
         }
         return problems
     }
+
+    /// Whether a statement changes the schema (replayed by `verify`), as opposed to moving
+    /// data (`INSERT`, `SELECT`, `OPTIMIZE`, `SYSTEM`) or waiting.
+    static func definesSchema(_ statement: String) -> Bool {
+        guard WaitDirective.expression(in: statement) == nil,
+            let first = SQLLexer.tokens(statement).first(where: { $0.kind != .trivia })
+        else { return false }
+        return ["CREATE", "ALTER", "DROP", "RENAME", "ATTACH", "DETACH"].contains { first.isKeyword($0) }
+    }
+
+    static func isBookkeeping(_ name: String) -> Bool {
+        name == Migrator.ledgerTable || name == MigrationLock.table
+    }
+
+    /// The engine the live object should have: on a cluster, the replicated variant that
+    /// ``ClusterRewriter`` creates.
+    private func expectedEngine(_ engine: String) -> String {
+        guard migrations.cluster != nil else { return engine }
+        if ClusterRewriter.mergeTreeFamily.contains(engine) { return "Replicated" + engine }
+        if ClusterRewriter.logFamily.contains(engine) { return "ReplicatedMergeTree" }
+        return engine
+    }
+
+    /// Name → engine of every object in the connection's database.
+    private func objects(in connection: ClickHouseConnection) throws(ClickHouseError) -> [String: String] {
+        var result: [String: String] = [:]
+        for row in try connection.rows("SELECT name, engine FROM system.tables WHERE database = currentDatabase()") where row.count == 2 {
+            result[String(row[0])] = String(row[1])
+        }
+        return result
+    }
+
+    struct Column: Hashable, CustomStringConvertible {
+        var name: String
+        var type: String
+        var defaultKind: String
+        var defaultExpression: String
+        var description: String { defaultKind.isEmpty ? type : "\(type) \(defaultKind) \(defaultExpression)" }
+    }
+
+    private func columns(of table: String, in connection: ClickHouseConnection) throws(ClickHouseError) -> [Column] {
+        try connection.rows("DESCRIBE TABLE \(Self.quoted(table))").compactMap { row in
+            row.count >= 4 ? Column(name: String(row[0]), type: String(row[1]), defaultKind: String(row[2]), defaultExpression: String(row[3])) : nil
+        }
+    }
+
+    private func createQuery(_ table: String, in connection: ClickHouseConnection) throws(ClickHouseError) -> String {
+        try connection.scalar("SHOW CREATE TABLE \(Self.quoted(table))")
+    }
+
+    /// A view's `TO` target and its `SELECT`, from the server's `SHOW CREATE` text.
+    static func viewDefinition(_ query: String) -> (target: String?, select: String) {
+        guard let range = query.range(of: " AS SELECT ") else { return (nil, query) }
+        let head = query[..<range.lowerBound]
+        var target: String?
+        if let to = head.range(of: " TO ") {
+            target = head[to.upperBound...].split(separator: " ").first.map(String.init)
+        }
+        return (target, String(query[range.lowerBound...]))
+    }
+
+    private static func quoted(_ name: String) -> String { "`" + name.replacingOccurrences(of: "`", with: "\\`") + "`" }
 
     /// Objects in the database that no migration created (the ledger and lock tables and
     /// materialized views' inner tables excluded).
     public func unmanagedObjects(through version: Int) throws(ClickHouseError) -> [String] {
         let declared = declaredObjects(through: version)
         return try liveObjects().keys.filter { name in
-            declared[name] == nil && !name.hasPrefix(".inner") && name != Migrator.ledgerTable && name != MigrationLock.table
+            declared[name] == nil && !name.hasPrefix(".inner") && !Self.isBookkeeping(name)
         }.sorted()
     }
 }

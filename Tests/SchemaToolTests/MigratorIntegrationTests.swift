@@ -133,38 +133,18 @@ import Testing
         let viewTotals = "SELECT product_id, toUnixTimestamp(window_minute) AS m, sumMerge(impressions), sumMerge(clicks) FROM ctr_ml_view GROUP BY product_id, window_minute ORDER BY product_id, m"
         let rawTotals = "SELECT product_id, toUnixTimestamp(toStartOfMinute(window_end)) AS m, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id, m ORDER BY product_id, m"
 
-        final class Writer: @unchecked Sendable {
-            let connection: ClickHouseConnection
-            var running = true
-            var batches = 0
-            init(_ endpoint: ClickHouseEndpoint) throws { connection = try ClickHouseConnection(endpoint: endpoint) }
-            func insert() throws {
-                batches += 1
-                let rows = (0..<20).map { product in
-                    "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches % 2), now())"
-                }.joined(separator: ",")
-                try connection.run(
-                    "INSERT INTO ctr_results_raw (product_id, window_start, window_end, impressions_delta, clicks_delta, revision, emitted_at) VALUES \(rows)"
-                )
-            }
-        }
-        let writer = try Writer(endpoint)
+        let writer = try RawRowWriter(endpoint)
         for _ in 0..<20 { try writer.insert() }
         let connection = try ClickHouseConnection(endpoint: endpoint)
         #expect(try connection.rows(viewTotals) == connection.rows(rawTotals), "generation 1 is exact")
 
-        let done = DispatchSemaphore(value: 0)
-        Thread {
-            while writer.running { try? writer.insert(); Thread.sleep(forTimeInterval: 0.02) }
-            done.signal()
-        }.start()
+        writer.start()
         let migrated = try schemaTool(
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + common
         )
         Thread.sleep(forTimeInterval: 1)
-        writer.running = false
-        done.wait()
+        writer.stop()
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("waiting"), "the cut-over waits happened with data present")
         #expect(writer.batches > 100, "inserts kept running during the migration")
@@ -189,5 +169,50 @@ import Testing
         )
         #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
         print("current ClickHouse: \(check.stdout)")
+    }
+}
+
+/// Inserts rows into `ctr_results_raw` (20 products, 30 windows, some revisions), on demand or
+/// every 20 ms from its own thread between ``start()`` and ``stop()``. Every block is unique
+/// (`batch_id` = tag and sequence number), so replicated tables never deduplicate one.
+final class RawRowWriter: @unchecked Sendable {
+    let connection: ClickHouseConnection
+    let tag: String
+    private let lock = NSLock()
+    private var running = false
+    private let done = DispatchSemaphore(value: 0)
+    private(set) var batches = 0
+
+    init(_ endpoint: ClickHouseEndpoint, tag: String = "w") throws {
+        connection = try ClickHouseConnection(endpoint: endpoint)
+        self.tag = tag
+    }
+
+    func insert() throws {
+        batches += 1
+        let rows = (0..<20).map { product in
+            "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches % 2), now(), '\(tag)-\(batches)')"
+        }.joined(separator: ",")
+        try connection.run(
+            "INSERT INTO ctr_results_raw (product_id, window_start, window_end, impressions_delta, clicks_delta, revision, emitted_at, batch_id) VALUES \(rows)"
+        )
+    }
+
+    private var isRunning: Bool { lock.withLock { running } }
+
+    func start() {
+        lock.withLock { running = true }
+        Thread { [self] in
+            while isRunning {
+                try? insert()
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            done.signal()
+        }.start()
+    }
+
+    func stop() {
+        lock.withLock { running = false }
+        done.wait()
     }
 }

@@ -34,6 +34,26 @@ public enum PackagePaths {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+
+    /// The first of `count` consecutive loopback ports that are free now, below the ephemeral
+    /// range (for servers whose ports are derived from a base, like scripts/clickhouse-cluster.sh).
+    public static func freePortRange(count: Int) -> Int {
+        func isFree(_ port: Int) -> Bool {
+            let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(descriptor) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            } == 0
+        }
+        while true {
+            let base = Int.random(in: 20_000..<30_000)
+            if (base..<base + count).allSatisfy(isFree) { return base }
+        }
+    }
 }
 
 /// The outcome of a finished command.
@@ -52,8 +72,8 @@ public final class ChildProcess: @unchecked Sendable {
     public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], logDirectory: URL, name: String) throws {
         stdoutFile = logDirectory.appendingPathComponent("\(name).out")
         stderrFile = logDirectory.appendingPathComponent("\(name).err")
-        FileManager.default.createFile(atPath: stdoutFile.path, contents: nil)
-        FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stdoutFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
