@@ -51,22 +51,8 @@ public enum ClusterRewriter {
 
     /// The statement for `cluster`; `database` is the database of unqualified names.
     public static func rewrite(_ statement: String, for cluster: ClusterTarget, database: String) -> String {
-        var tokens = SQLLexer.tokens(statement)
-        let significant = tokens.indices.filter { tokens[$0].kind != .trivia }
-        func keyword(_ position: Int, _ word: String) -> Bool {
-            position < significant.count && tokens[significant[position]].isKeyword(word)
-        }
-        func symbol(_ position: Int, _ text: String) -> Bool {
-            position < significant.count && tokens[significant[position]].kind == .symbol && tokens[significant[position]].text == text
-        }
-        /// The qualified name starting at `position`: (database, name, position of its last token).
-        func qualifiedName(at position: Int) -> (database: String, name: String, last: Int)? {
-            guard position < significant.count, let first = tokens[significant[position]].identifier else { return nil }
-            if symbol(position + 1, "."), position + 2 < significant.count, let second = tokens[significant[position + 2]].identifier {
-                return (first, second, position + 2)
-            }
-            return (database, first, position)
-        }
+        var parsed = ParsedStatement(statement)
+        func keyword(_ position: Int, _ word: String) -> Bool { parsed.keyword(position, word) }
 
         var position = 0
         enum Object { case table, materializedView, other }
@@ -88,7 +74,7 @@ public enum ClusterRewriter {
                 return statement
             }
             if keyword(position, "IF") && keyword(position + 1, "NOT") && keyword(position + 2, "EXISTS") { position += 3 }
-            if let name = qualifiedName(at: position) {
+            if let name = parsed.qualifiedName(at: position, database: database) {
                 nameEnd = name.last
                 created = (name.database, name.name)
             }
@@ -99,37 +85,47 @@ public enum ClusterRewriter {
             else { return statement }
             position += 1
             if keyword(position, "IF") && keyword(position + 1, "EXISTS") { position += 2 }
-            nameEnd = qualifiedName(at: position)?.last
+            nameEnd = parsed.qualifiedName(at: position, database: database)?.last
         } else if (keyword(0, "ALTER") || keyword(0, "OPTIMIZE")) && keyword(1, "TABLE") {
-            nameEnd = qualifiedName(at: 2)?.last
+            nameEnd = parsed.qualifiedName(at: 2, database: database)?.last
         } else if keyword(0, "RENAME") && keyword(1, "TABLE") {
-            nameEnd = significant.count - 1
+            nameEnd = parsed.significant.count - 1
         } else {
             return statement
         }
         guard let nameEnd else { return statement }
 
         // The engine clause, before the body of `AS SELECT`, outside parentheses.
-        if object != .other, let created {
-            var depth = 0
-            var cursor = nameEnd + 1
-            while cursor < significant.count {
-                let token = tokens[significant[cursor]]
-                if token.kind == .symbol && token.text == "(" { depth += 1 }
-                if token.kind == .symbol && token.text == ")" { depth -= 1 }
-                if depth == 0 && token.isKeyword("SELECT") { break }
-                if depth == 0 && token.isKeyword("ENGINE") && symbol(cursor + 1, "="), cursor + 2 < significant.count {
-                    let table = object == .materializedView ? ".inner." + created.name : created.name
-                    replicateEngine(at: cursor + 2, in: &tokens, significant: significant, cluster: cluster, database: created.database, table: table)
-                    break
-                }
-                cursor += 1
-            }
+        if object != .other, let created, let engine = parsed.engine(after: nameEnd) {
+            let table = object == .materializedView ? ".inner." + created.name : created.name
+            replicateEngine(at: engine, in: &parsed.tokens, significant: parsed.significant, cluster: cluster, database: created.database, table: table)
         }
         if !(keyword(nameEnd + 1, "ON") && keyword(nameEnd + 2, "CLUSTER")) {
-            tokens[significant[nameEnd]].text += " " + cluster.onClusterClause
+            parsed.tokens[parsed.significant[nameEnd]].text += " " + cluster.onClusterClause
         }
-        return tokens.map(\.text).joined()
+        return parsed.tokens.map(\.text).joined()
+    }
+
+    /// The table (`database.name`) that `statement` creates with a `Log`-family engine: a small
+    /// coordination table (a cut-over time, say) that on a cluster becomes replicated, and whose
+    /// rows every host must have before the migration goes on.
+    static func logTableCreated(by statement: String, database: String) -> String? {
+        let parsed = ParsedStatement(statement)
+        guard parsed.keyword(0, "CREATE") && parsed.keyword(1, "TABLE") else { return nil }
+        var position = 2
+        if parsed.keyword(2, "IF") && parsed.keyword(3, "NOT") && parsed.keyword(4, "EXISTS") { position = 5 }
+        guard let name = parsed.qualifiedName(at: position, database: database), let engine = parsed.engine(after: name.last),
+            logFamily.contains(parsed.tokens[parsed.significant[engine]].text)
+        else { return nil }
+        return name.database + "." + name.name
+    }
+
+    /// The table (`database.name`) that an `INSERT INTO` statement writes to.
+    static func tableInserted(by statement: String, database: String) -> String? {
+        let parsed = ParsedStatement(statement)
+        guard parsed.keyword(0, "INSERT") && parsed.keyword(1, "INTO") else { return nil }
+        let position = parsed.keyword(2, "TABLE") ? 3 : 2
+        return parsed.qualifiedName(at: position, database: database).map { $0.database + "." + $0.name }
     }
 
     private static func replicateEngine(
@@ -158,5 +154,50 @@ public enum ClusterRewriter {
 
     private static func quoted(_ text: String) -> String {
         "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+}
+
+/// A statement's tokens with the positions of its significant (non-trivia) ones.
+struct ParsedStatement {
+    var tokens: [SQLToken]
+    let significant: [Int]
+
+    init(_ statement: String) {
+        let tokens = SQLLexer.tokens(statement)
+        self.tokens = tokens
+        significant = tokens.indices.filter { tokens[$0].kind != .trivia }
+    }
+
+    func keyword(_ position: Int, _ word: String) -> Bool {
+        position < significant.count && tokens[significant[position]].isKeyword(word)
+    }
+
+    func symbol(_ position: Int, _ text: String) -> Bool {
+        position < significant.count && tokens[significant[position]].kind == .symbol && tokens[significant[position]].text == text
+    }
+
+    /// The possibly qualified name starting at `position`, and the position of its last token.
+    func qualifiedName(at position: Int, database: String) -> (database: String, name: String, last: Int)? {
+        guard position < significant.count, let first = tokens[significant[position]].identifier else { return nil }
+        if symbol(position + 1, "."), position + 2 < significant.count, let second = tokens[significant[position + 2]].identifier {
+            return (first, second, position + 2)
+        }
+        return (database, first, position)
+    }
+
+    /// The position of the engine name in `ENGINE = Name`, after `position`, outside
+    /// parentheses and before the body of an `AS SELECT`.
+    func engine(after position: Int) -> Int? {
+        var depth = 0
+        var cursor = position + 1
+        while cursor < significant.count {
+            let token = tokens[significant[cursor]]
+            if token.kind == .symbol && token.text == "(" { depth += 1 }
+            if token.kind == .symbol && token.text == ")" { depth -= 1 }
+            if depth == 0 && token.isKeyword("SELECT") { return nil }
+            if depth == 0 && token.isKeyword("ENGINE") && symbol(cursor + 1, "="), cursor + 2 < significant.count { return cursor + 2 }
+            cursor += 1
+        }
+        return nil
     }
 }

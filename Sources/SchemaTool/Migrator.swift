@@ -214,6 +214,7 @@ public final class Migrator {
         try lock.acquire(timeout: lockTimeout)
         defer { lock.release() }
         let work = try plan(to: target)
+        let coordinationWrites = try self.coordinationWrites()
         var applied: [Int] = []
         for (migration, statements) in work {
             let done = migration.statements.count - statements.count
@@ -227,8 +228,9 @@ public final class Migrator {
                     } else {
                         try connection.run(statement.text)
                     }
+                    if let table = coordinationWrites[migration.version]?[number - 1] { try awaitReplication(of: table) }
                 } catch {
-                    record(migration, done: number - 1, state: .failed, error: error.description, started: started)
+                    record(migration, done: number - 1, state: .failed, error: "\(error)", started: started)
                     throw .statementFailed(
                         "\(migration.path):\(statement.line): statement \(number) of \(migration.statements.count) failed: \(error). "
                             + "Statements 1-\(number - 1) are applied and recorded. Fix the statement (or the database) and run migrate again to resume at statement \(number), "
@@ -241,6 +243,67 @@ public final class Migrator {
             applied.append(migration.version)
         }
         return applied
+    }
+
+    /// On a cluster, the statements (by version and 0-based index) that write rows to a
+    /// coordination table (one a migration creates with a `Log`-family engine, such as a
+    /// cut-over time), and that table. Every host creates and fills such a table itself or
+    /// receives the rows by replication; all must hold the same rows before the next statement
+    /// (a view that reads the cut-over, say) runs on them.
+    private func coordinationWrites() throws(MigratorError) -> [Int: [Int: String]] {
+        guard cluster != nil else { return [:] }
+        let plain: MigrationSet
+        do { plain = try migrations.rendered(variables: migrations.variables, cluster: nil) } catch { throw .inconsistent(error.description) }
+        var tables = Set<String>()
+        var writes: [Int: [Int: String]] = [:]
+        for migration in plain.migrations {
+            for (index, statement) in migration.statements.enumerated() {
+                if let table = ClusterRewriter.logTableCreated(by: statement.text, database: database) {
+                    tables.insert(table)
+                    writes[migration.version, default: [:]][index] = table
+                } else if let table = ClusterRewriter.tableInserted(by: statement.text, database: database), tables.contains(table) {
+                    writes[migration.version, default: [:]][index] = table
+                }
+            }
+        }
+        return writes
+    }
+
+    /// Waits until every replica of `table` (`database.name`) holds the same parts, as their
+    /// part lists in ZooKeeper show (read through `system.zookeeper`, so no other host is
+    /// contacted), for at most `timeout`.
+    private func awaitReplication(of table: String, timeout: Duration = .seconds(120)) throws(MigratorError) {
+        let parts = table.split(separator: ".", maxSplits: 1).map { String($0).replacingOccurrences(of: "'", with: "\\'") }
+        guard parts.count == 2 else { return }
+        let deadline = ContinuousClock.now + timeout
+        let path: String
+        do {
+            path = try connection.scalar("SELECT zookeeper_path FROM system.replicas WHERE database = '\(parts[0])' AND table = '\(parts[1])'")
+        } catch {
+            throw .clickHouse(error)
+        }
+        guard !path.isEmpty else { return }
+        while true {
+            var replicas: [String] = []
+            var partLists = Set<String>()
+            do {
+                replicas = try connection.rows("SELECT name FROM system.zookeeper WHERE path = '\(path)/replicas'").map { String($0[0]) }
+                for replica in replicas {
+                    partLists.insert(
+                        try connection.scalar("SELECT groupArray(name) FROM (SELECT name FROM system.zookeeper WHERE path = '\(path)/replicas/\(replica)/parts' ORDER BY name)")
+                    )
+                }
+            } catch {
+                throw .clickHouse(error)
+            }
+            if partLists.count <= 1 { return }
+            guard ContinuousClock.now < deadline else {
+                throw .statementFailed(
+                    "the replicas of \(table) (\(replicas.joined(separator: ", "))) still hold different parts after \(timeout): replication is stuck; check system.replication_queue on each host"
+                )
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
     }
 
     /// Sleeps until the server's clock reaches `expression` (a DateTime expression).

@@ -115,7 +115,7 @@ import Testing
         for writer in writers { for _ in 0..<10 { try writer.insert() } }
         for writer in writers { writer.start() }
         let migrated = try schemaTool(
-            ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2",
+            ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=4", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=4",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + arguments(replicas[0])
         )
         Thread.sleep(forTimeInterval: 1)
@@ -127,10 +127,13 @@ import Testing
         let viewTotals = "SELECT product_id, toUnixTimestamp(window_minute) AS m, sumMerge(impressions), sumMerge(clicks) FROM ctr_ml_view GROUP BY product_id, window_minute ORDER BY product_id, m"
         let rawTotals = "SELECT product_id, toUnixTimestamp(toStartOfMinute(window_end)) AS m, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id, m ORDER BY product_id, m"
         let answers = try eventually(connections, viewTotals, equal: rawTotals)
-        #expect(answers.count == 1, "the evolved view equals sums over the raw table on both replicas")
+        let rawTotalsAnswer = try connections[0].rows(rawTotals)
+        #expect(answers.count == 1, "the evolved view equals sums over the raw table on both replicas: \(answers) vs \(rawTotalsAnswer)")
         let rollup = "SELECT product_id, toUnixTimestamp(period_start) AS p, sumMerge(impressions), sumMerge(clicks) FROM ctr_rollup_1h GROUP BY product_id, period_start ORDER BY product_id, p"
         let rawHourly = "SELECT product_id, toUnixTimestamp(toStartOfHour(window_start)) AS p, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id, p ORDER BY product_id, p"
-        #expect(try eventually(connections, rollup, equal: rawHourly).count == 1, "the roll-ups too")
+        let rollupAnswers = try eventually(connections, rollup, equal: rawHourly)
+        let rawAnswer = try connections[0].rows(rawHourly)
+        #expect(rollupAnswers.count == 1, "the roll-ups too: \(rollupAnswers) vs \(rawAnswer)")
         for replica in replicas { #expect(try schemaTool(["verify"] + arguments(replica)).status == 0) }
     }
 

@@ -81,6 +81,15 @@ import Testing
         )
     }
 
+    @Test func coordinationTablesAreTheLogTablesAMigrationCreatesAndInsertsInto() {
+        #expect(ClusterRewriter.logTableCreated(by: "CREATE TABLE IF NOT EXISTS ctr.cut ENGINE = TinyLog AS SELECT 1 AS x", database: "d") == "ctr.cut")
+        #expect(ClusterRewriter.logTableCreated(by: "CREATE TABLE cut (x UInt8) ENGINE = StripeLog", database: "d") == "d.cut")
+        #expect(ClusterRewriter.logTableCreated(by: "CREATE TABLE ctr.t (x UInt8) ENGINE = MergeTree ORDER BY x", database: "d") == nil)
+        #expect(ClusterRewriter.tableInserted(by: "-- backfill\nINSERT INTO ctr.cut SELECT 1", database: "d") == "ctr.cut")
+        #expect(ClusterRewriter.tableInserted(by: "INSERT INTO TABLE `cut` VALUES (1)", database: "d") == "d.cut")
+        #expect(ClusterRewriter.tableInserted(by: "SELECT 1", database: "d") == nil)
+    }
+
     @Test func verifyReplaysSchemaStatementsOnly() {
         #expect(SchemaVerifier.definesSchema("-- c\nCREATE TABLE x (a UInt8) ENGINE = Memory"))
         #expect(SchemaVerifier.definesSchema("alter table x add column b UInt8"))
