@@ -4,7 +4,7 @@
 # As root it runs apt-get itself; otherwise it prints the command to run and fails.
 set -euo pipefail
 
-packages=(librdkafka-dev libcurl4-openssl-dev pkg-config clickhouse-server clickhouse-client kcat curl python3 python3-venv chromium)
+packages=(librdkafka-dev libcurl4-openssl-dev pkg-config clickhouse-server clickhouse-client zookeeper kcat curl python3 python3-venv chromium)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

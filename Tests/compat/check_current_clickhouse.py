@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Runs the shipped migrations and the SQL the tools send on current ClickHouse (chdb, in-process).
 
-usage: check_current_clickhouse.py RENDERED_JSON
-RENDERED_JSON is the output of `schema-tool render --database ctr`. Exits non-zero on the first
-failure, naming the statement.
+usage: check_current_clickhouse.py RENDERED_JSON [CLUSTER_RENDERED_JSON]
+RENDERED_JSON is the output of `schema-tool render --database ctr`; its statements are run.
+CLUSTER_RENDERED_JSON, the output of `schema-tool render --database ctr --cluster ctr_cluster`,
+is parsed (EXPLAIN AST: an in-process engine has no cluster to run ON CLUSTER on), together with
+the SQL schema-tool sends only in cluster mode. Exits non-zero on the first failure, naming the
+statement.
 """
 import json
 import sys
@@ -40,6 +43,34 @@ TOOL_QUERIES = [
 ]
 
 
+# What schema-tool sends only with --cluster (parsed, not run).
+CLUSTER_QUERIES = [
+    "CREATE DATABASE IF NOT EXISTS ctr ON CLUSTER ctr_cluster",
+    "CREATE TABLE IF NOT EXISTS ctr.schema_migrations ON CLUSTER ctr_cluster (version UInt32, name String, checksum String, "
+    "statements_total UInt32, statements_done UInt32, state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, "
+    "applied_by String, seq UInt64) "
+    "ENGINE = ReplicatedMergeTree('/clickhouse/schema_tool/ctr/schema_migrations', '{shard}_{replica}') ORDER BY (version, seq)",
+    "SELECT count() FROM system.clusters WHERE cluster = 'ctr_cluster'",
+    "SELECT zookeeper_path FROM system.replicas WHERE database = 'ctr' AND table = 'ctr_ml_cutover'",
+    "SELECT name FROM system.zookeeper WHERE path = '/clickhouse/tables/01/ctr/ctr_ml_cutover/replicas'",
+    "SELECT groupArray(name) FROM (SELECT name FROM system.zookeeper WHERE path = '/clickhouse/tables/01/ctr/ctr_ml_cutover/replicas/r1/parts' ORDER BY name)",
+]
+
+
+def parse_cluster_statements(db, path, version):
+    with open(path) as handle:
+        migrations = json.load(handle)
+    statements = [(m["version"], s) for m in migrations for s in m["statements"] if "WAIT UNTIL" not in s.upper()]
+    statements += [(0, q) for q in CLUSTER_QUERIES]
+    for number, statement in statements:
+        try:
+            db.query("EXPLAIN AST " + statement)
+        except Exception as error:  # noqa: BLE001
+            print(f"FAILED to parse cluster statement of migration {number} on ClickHouse {version}: {statement}\n{error}")
+            return None
+    return len(statements)
+
+
 def main():
     with open(sys.argv[1]) as handle:
         migrations = json.load(handle)
@@ -70,6 +101,11 @@ def main():
         print(f"FAILED view contents on ClickHouse {version}: ml totals {totals!r}, latest {latest!r}")
         return 1
     print(f"ok: {sum(len(m['statements']) for m in migrations)} migration statements and {len(TOOL_QUERIES)} tool queries on ClickHouse {version}")
+    if len(sys.argv) > 2:
+        parsed = parse_cluster_statements(db, sys.argv[2], version)
+        if parsed is None:
+            return 1
+        print(f"ok: {parsed} cluster statements parse on ClickHouse {version}")
     return 0
 
 
