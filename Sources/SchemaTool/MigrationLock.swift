@@ -55,7 +55,7 @@ struct Bookkeeping: Sendable {
 ///
 /// So any request earlier than mine was acknowledged, and visible on every host, before I
 /// first look (clocks of the machines running schema-tool must agree to within ``settle``/2).
-/// The holder renews its lease every ``lease``/4 from a background thread while it works;
+/// A contender renews its request every ``lease``/4 from a background thread while it waits and works;
 /// releasing appends a release row. A holder that dies without releasing blocks others until
 /// its lease expires (``lease``, 2 minutes by default, after its last renewal): then the next
 /// contender takes over and resumes the dead holder's migration from its last recorded
@@ -112,18 +112,17 @@ public final class MigrationLock {
         return holder.isEmpty ? nil : holder
     }
 
-    /// Waits until this process holds the lock, then keeps renewing its lease until ``release()``.
+    /// Waits until this process holds the lock, renewing its request's lease until ``release()``.
     func acquire(timeout: Duration) throws(MigratorError) {
         let deadline = ContinuousClock.now + timeout
         try request(deadline: deadline, timeout: timeout)
+        // Renew the request while waiting too: an expired request would lose its place.
+        heartbeat = Heartbeat(bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease)
         var reported = false
         while true {
             let current: String?
             do { current = try currentHolder() } catch { throw .clickHouse(error) }
-            if current == holder {
-                heartbeat = Heartbeat(bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease)
-                return
-            }
+            if current == holder { return }
             if ContinuousClock.now > deadline {
                 release()
                 throw .lockTimeout(

@@ -127,10 +127,17 @@ public final class Migrator {
         }
     }
 
+    /// Whether the database exists (queries that name it fail until `migrate` creates it).
+    public func databaseExists() throws(ClickHouseError) -> Bool {
+        let escaped = database.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'")
+        return try connection.execute("SELECT count() FROM system.databases WHERE name = '\(escaped)'", useDatabase: false).text.hasPrefix("1")
+    }
+
     /// The latest ledger entry of every version.
     public func ledger() throws(ClickHouseError) -> [Int: LedgerEntry] {
-        let exists = try connection.scalar("EXISTS TABLE \(quotedDatabase).\(Self.ledgerTable)")
-        guard exists == "1" else { return [:] }
+        guard try databaseExists(),
+            try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = '\(Self.ledgerTable)'") == "1"
+        else { return [:] }
         let rows = try connection.rows(
             """
             SELECT version, argMax(name, seq), argMax(checksum, seq), argMax(statements_total, seq), argMax(statements_done, seq),

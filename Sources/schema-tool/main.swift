@@ -119,7 +119,8 @@ struct Status: ParsableCommand {
         try reportingFailures {
             let migrations = try options.loadMigrations()
             let connection = try options.connect()
-            let statuses = try Migrator(connection: connection, migrations: migrations).status()
+            let migrator = Migrator(connection: connection, migrations: migrations)
+            let statuses = try migrator.status()
             print("VERSION  NAME                              STATE                        APPLIED AT           DURATION")
             for status in statuses {
                 let duration = status.durationMilliseconds.map { "\($0) ms" } ?? ""
@@ -129,8 +130,7 @@ struct Status: ParsableCommand {
                 )
                 if case .failed(_, let error) = status.state { print("         error: \(error)") }
             }
-            let exists = try connection.scalar("SELECT count() FROM system.databases WHERE name = currentDatabase()")
-            if exists == "1" {
+            if try migrator.databaseExists() {
                 let unmanaged = try SchemaVerifier(connection: connection, migrations: migrations).unmanagedObjects(through: .max)
                 if !unmanaged.isEmpty { print("objects no migration created: \(unmanaged.joined(separator: ", "))") }
             }

@@ -42,6 +42,10 @@ import Testing
 
     @Test func migrateCreatesReplicatedSchemaAndOneLedgerOnEveryReplica() throws {
         let replicas = try newDatabase("cluster")
+        let plan = try schemaTool(["plan"] + arguments(replicas[1]))
+        #expect(plan.status == 0, "\(plan.stderr)")
+        #expect(plan.stdout.contains("CREATE TABLE IF NOT EXISTS \(replicas[0].database).ctr_results_raw ON CLUSTER ctr_cluster"))
+        #expect(plan.stdout.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/\(replicas[0].database)/ctr_results_raw', '{replica}')"))
         let migrated = try schemaTool(["migrate"] + arguments(replicas[0]))
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("applied 6 migration(s)"))

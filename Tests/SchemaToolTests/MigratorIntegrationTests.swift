@@ -124,6 +124,45 @@ import Testing
         #expect(try connection.scalar("SELECT groupArray(x) FROM (SELECT x FROM a ORDER BY x)") == "[1,2]")
     }
 
+    /// A holder that died without releasing blocks others only until its lease expires.
+    @Test func deadLockHolderBlocksOnlyUntilItsLeaseExpires() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "lease")
+        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
+        #expect(try schemaTool(["status"] + common).status == 0)
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        try connection.run("CREATE TABLE schema_migrations_lock (holder String, requested_us UInt64, expires_us UInt64, released UInt8) ENGINE = MergeTree ORDER BY requested_us")
+        let now = UInt64(Date().timeIntervalSince1970 * 1_000_000)
+        try connection.run("INSERT INTO schema_migrations_lock VALUES ('dead@host pid 1 #0', \(now - 1_000_000), \(now + 4_000_000), 0)")
+        let started = ContinuousClock.now
+        let timedOut = try schemaTool(["migrate", "--lock-timeout", "1"] + common)
+        #expect(timedOut.status == 1)
+        #expect(timedOut.stderr.contains("another schema-tool holds the migration lock"), "\(timedOut.stderr)")
+        #expect(timedOut.stderr.contains("dead@host pid 1"))
+        let migrated = try schemaTool(["migrate", "--lock-timeout", "30"] + common)
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        #expect(migrated.stderr.contains("waiting for the migration lock held by dead@host pid 1"))
+        #expect(ContinuousClock.now - started >= .seconds(3), "it waited for the lease to expire")
+        #expect(try connection.scalar("EXISTS TABLE a") == "1")
+    }
+
+    /// A live holder renews its lease: a migration that outlasts the lease is not taken over.
+    @Test func liveHolderKeepsTheLockBeyondItsLease() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "renew")
+        let migrations = try directory(["0001_slow.sql": "CREATE TABLE ${DATABASE}.started ENGINE = TinyLog AS SELECT now() AS t;\nWAIT UNTIL (SELECT min(t) FROM ${DATABASE}.started) + 5;\nCREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let arguments = ["migrate", "--lock-lease", "2", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
+        let logs = try PackagePaths.temporaryDirectory("renew-logs")
+        let first = try ChildProcess(PackagePaths.executable("schema-tool"), arguments, logDirectory: logs, name: "first")
+        Thread.sleep(forTimeInterval: 3.5)
+        let second = try ChildProcess(PackagePaths.executable("schema-tool"), arguments, logDirectory: logs, name: "second")
+        first.process.waitUntilExit()
+        second.process.waitUntilExit()
+        #expect(first.process.terminationStatus == 0, "\(first.stderr)")
+        #expect(second.process.terminationStatus == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("waiting for the migration lock"), "the second run waited although the lease (2 s) had passed")
+        #expect(second.stdout.contains("up to date"))
+    }
+
     /// The second-generation ctr_ml_view migration, run while rows keep arriving: the view must
     /// equal sums over the raw table before and after, without loss or double counting.
     @Test func viewEvolutionKeepsTotalsExactWhileInsertsRun() throws {
