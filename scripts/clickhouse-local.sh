@@ -25,10 +25,9 @@ fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 pidfile="$dir/clickhouse.pid"
-
-running() {
-    [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
+# shellcheck source=scripts/process-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/process-lib.sh"
+running() { pid_running "$pidfile"; }
 
 case "$command" in
 status)
@@ -40,16 +39,7 @@ status)
     fi
     ;;
 stop)
-    if running; then
-        pid="$(cat "$pidfile")"
-        kill "$pid"
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile" >/dev/null
     ;;
 start)
     http_port="${3:-8123}"

@@ -15,7 +15,8 @@ fail() {
     exit 1
 }
 
-pid_running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=scripts/process-lib.sh
+source "$root/scripts/process-lib.sh"
 
 # start_process NAME COMMAND... : starts it in the background with its log and pid file,
 # unless it already runs.
@@ -36,19 +37,9 @@ start_process() {
 
 # stop_pid NAME : stops the process of $run_dir/NAME.pid (SIGTERM, then SIGKILL after 30 s).
 stop_pid() {
-    local name="$1" pidfile="$run_dir/$1.pid"
-    if pid_running "$pidfile"; then
-        local pid
-        pid="$(cat "$pidfile")"
-        kill "$pid"
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        say "stopped $name (pid $pid)"
-    fi
-    rm -f "$pidfile"
+    local pid
+    pid="$(stop_pidfile "$run_dir/$1.pid" 30)"
+    [[ -z "$pid" ]] || say "stopped $1 (pid $pid)"
 }
 
 # wait_for WHAT SECONDS COMMAND... : polls COMMAND every second, printing dots.

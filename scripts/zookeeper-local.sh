@@ -17,10 +17,9 @@ fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 pidfile="$dir/zookeeper.pid"
-
-running() {
-    [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
+# shellcheck source=scripts/process-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/process-lib.sh"
+running() { pid_running "$pidfile"; }
 
 # `ruok` answers as soon as the port is open; `srvr` reports a mode only once the server serves.
 serving() {
@@ -31,16 +30,7 @@ serving() {
 
 case "$command" in
 stop)
-    if running; then
-        pid="$(cat "$pidfile")"
-        kill "$pid"
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile" >/dev/null
     ;;
 start)
     port="${3:-2181}"
