@@ -26,7 +26,7 @@ public struct ClusterTarget: Sendable, Hashable {
     /// `ON CLUSTER name`, quoting the name when it is not a plain identifier.
     var onClusterClause: String {
         let plain = !name.isEmpty && name.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) }
-        return "ON CLUSTER " + (plain ? name : "`" + name.replacingOccurrences(of: "`", with: "\\`") + "`")
+        return "ON CLUSTER " + (plain ? name : sqlIdentifier(name))
     }
 }
 
@@ -133,7 +133,7 @@ public enum ClusterRewriter {
     ) {
         let engine = tokens[significant[position]].text
         let path = cluster.replicationPath.replacingOccurrences(of: "{database}", with: database).replacingOccurrences(of: "{table}", with: table)
-        let arguments = quoted(path) + ", " + quoted(cluster.replicaName)
+        let arguments = sqlStringLiteral(path) + ", " + sqlStringLiteral(cluster.replicaName)
         let opens = position + 1 < significant.count && tokens[significant[position + 1]].text == "("
         if mergeTreeFamily.contains(engine) {
             tokens[significant[position]].text = "Replicated" + engine
@@ -152,9 +152,6 @@ public enum ClusterRewriter {
         }
     }
 
-    private static func quoted(_ text: String) -> String {
-        "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
-    }
 }
 
 /// A statement's tokens with the positions of its significant (non-trivia) ones.

@@ -146,7 +146,8 @@ public final class MigrationLock {
             requested = Self.microseconds()
             do {
                 try Self.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease, released: false)
-                if Self.microseconds() - requested <= halfSettle { break }
+                let acknowledged = Self.microseconds()
+                if acknowledged < requested || acknowledged - requested <= halfSettle { break }
                 // Acknowledged too late for others to have seen it in time: withdraw and ask again.
                 try Self.append(connection, bookkeeping: bookkeeping, holder: holder, requested: requested, lease: lease, released: true)
             } catch {

@@ -78,7 +78,7 @@ public final class Migrator {
         self.actor = "\(user)@\(host) pid \(ProcessInfo.processInfo.processIdentifier)"
     }
 
-    var quotedDatabase: String { "`\(database.replacingOccurrences(of: "`", with: "\\`"))`" }
+    var quotedDatabase: String { sqlIdentifier(database) }
 
     /// How the ledger and lock tables are written; on a cluster, checks that the server knows
     /// the cluster and counts its hosts (the insert quorum).
@@ -88,8 +88,9 @@ public final class Migrator {
         if let cluster {
             let hosts: Int
             do {
-                let escaped = cluster.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'")
-                let answer = try connection.execute("SELECT count() FROM system.clusters WHERE cluster = '\(escaped)'", useDatabase: false)
+                let answer = try connection.execute(
+                    "SELECT count() FROM system.clusters WHERE cluster = \(sqlStringLiteral(cluster.name))", useDatabase: false
+                )
                 hosts = Int(answer.text.trimmingCharacters(in: .newlines)) ?? 0
             } catch {
                 throw .clickHouse(error)
@@ -129,8 +130,7 @@ public final class Migrator {
 
     /// Whether the database exists (queries that name it fail until `migrate` creates it).
     public func databaseExists() throws(ClickHouseError) -> Bool {
-        let escaped = database.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'")
-        return try connection.execute("SELECT count() FROM system.databases WHERE name = '\(escaped)'", useDatabase: false).text.hasPrefix("1")
+        try connection.execute("SELECT count() FROM system.databases WHERE name = \(sqlStringLiteral(database))", useDatabase: false).text.hasPrefix("1")
     }
 
     /// The latest ledger entry of every version.
@@ -280,12 +280,12 @@ public final class Migrator {
     /// part lists in ZooKeeper show (read through `system.zookeeper`, so no other host is
     /// contacted), for at most `timeout`.
     private func awaitReplication(of table: String, timeout: Duration = .seconds(120)) throws(MigratorError) {
-        let parts = table.split(separator: ".", maxSplits: 1).map { String($0).replacingOccurrences(of: "'", with: "\\'") }
+        let parts = table.split(separator: ".", maxSplits: 1).map { sqlStringLiteral(String($0)) }
         guard parts.count == 2 else { return }
         let deadline = ContinuousClock.now + timeout
         let path: String
         do {
-            path = try connection.scalar("SELECT zookeeper_path FROM system.replicas WHERE database = '\(parts[0])' AND table = '\(parts[1])'")
+            path = try connection.scalar("SELECT zookeeper_path FROM system.replicas WHERE database = \(parts[0]) AND table = \(parts[1])")
         } catch {
             throw .clickHouse(error)
         }
@@ -294,10 +294,10 @@ public final class Migrator {
             var replicas: [String] = []
             var partLists = Set<String>()
             do {
-                replicas = try connection.rows("SELECT name FROM system.zookeeper WHERE path = '\(path)/replicas'").map { String($0[0]) }
+                replicas = try connection.rows("SELECT name FROM system.zookeeper WHERE path = \(sqlStringLiteral(path + "/replicas"))").map { String($0[0]) }
                 for replica in replicas {
                     partLists.insert(
-                        try connection.scalar("SELECT groupArray(name) FROM (SELECT name FROM system.zookeeper WHERE path = '\(path)/replicas/\(replica)/parts' ORDER BY name)")
+                        try connection.scalar("SELECT groupArray(name) FROM (SELECT name FROM system.zookeeper WHERE path = \(sqlStringLiteral(path + "/replicas/" + replica + "/parts")) ORDER BY name)")
                     )
                 }
             } catch {

@@ -87,3 +87,13 @@ enum SQLLexer {
         return tokens
     }
 }
+
+/// `text` as a ClickHouse string literal: quoted, with `\` and `'` escaped.
+func sqlStringLiteral(_ text: String) -> String {
+    "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+}
+
+/// `name` as a quoted ClickHouse identifier: in backquotes, with `` ` `` escaped.
+func sqlIdentifier(_ name: String) -> String {
+    "`" + name.replacingOccurrences(of: "`", with: "\\`") + "`"
+}

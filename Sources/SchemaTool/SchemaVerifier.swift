@@ -188,13 +188,13 @@ public struct SchemaVerifier {
     }
 
     private func columns(of table: String, in connection: ClickHouseConnection) throws(ClickHouseError) -> [Column] {
-        try connection.rows("DESCRIBE TABLE \(Self.quoted(table))").compactMap { row in
+        try connection.rows("DESCRIBE TABLE \(sqlIdentifier(table))").compactMap { row in
             row.count >= 4 ? Column(name: String(row[0]), type: String(row[1]), defaultKind: String(row[2]), defaultExpression: String(row[3])) : nil
         }
     }
 
     private func createQuery(_ table: String, in connection: ClickHouseConnection) throws(ClickHouseError) -> String {
-        try connection.scalar("SHOW CREATE TABLE \(Self.quoted(table))")
+        try connection.scalar("SHOW CREATE TABLE \(sqlIdentifier(table))")
     }
 
     /// A view's `TO` target and its `SELECT`, from the server's `SHOW CREATE` text.
@@ -208,7 +208,6 @@ public struct SchemaVerifier {
         return (target, String(query[range.lowerBound...]))
     }
 
-    private static func quoted(_ name: String) -> String { "`" + name.replacingOccurrences(of: "`", with: "\\`") + "`" }
 
     /// Objects in the database that no migration created (the ledger and lock tables and
     /// materialized views' inner tables excluded).
