@@ -216,6 +216,7 @@ public final class Migrator {
     /// Applies pending migrations up to `target` (all when `nil`). Returns the versions applied.
     @discardableResult
     public func migrate(to target: Int? = nil, lockTimeout: Duration = .seconds(300), lockLease: Duration = .seconds(120)) throws(MigratorError) -> [Int] {
+        if !(try plan(to: target)).isEmpty { try dryRun(through: target ?? .max) }
         try prepare()
         let lock = MigrationLock(connection: connection, bookkeeping: try bookkeeping(), holder: actor, lease: lockLease)
         try lock.acquire(timeout: lockTimeout)
@@ -250,6 +251,23 @@ public final class Migrator {
             applied.append(migration.version)
         }
         return applied
+    }
+
+    /// Replays the migrations up to `version` in a ``ScratchDatabase``: a statement the server
+    /// rejects (a syntax error, an unknown column or engine) stops `migrate` before anything
+    /// in the database changes.
+    private func dryRun(through version: Int) throws(MigratorError) {
+        let scratch: ScratchDatabase
+        do { scratch = try ScratchDatabase(beside: connection.endpoint) } catch { throw .clickHouse(error) }
+        defer { scratch.drop() }
+        let failure: ScratchDatabase.Failure?
+        do { failure = try scratch.replay(migrations, through: version, includingData: true) } catch { throw .inconsistent(error.description) }
+        if let failure {
+            throw .statementFailed(
+                "\(failure.location): statement \(failure.statement) of \(failure.migration.statements.count) fails in a dry run against a scratch database: \(failure.error). "
+                    + "Nothing was changed in \(database). Fix the statement and run migrate again."
+            )
+        }
     }
 
     /// On a cluster, the statements (by version and 0-based index) that write rows to a

@@ -72,33 +72,22 @@ public struct SchemaVerifier {
 
     /// Every difference between the live schema and the migrations applied (`through`).
     ///
-    /// The applied migrations' DDL is replayed into a scratch database on the same server
+    /// The applied migrations' DDL is replayed into a ``ScratchDatabase`` on the same server
     /// (`INSERT`s and `WAIT UNTIL`s skipped), which is then compared with the live database,
     /// object by object: existence, engine (its `Replicated` variant on a cluster), columns with
     /// their types and defaults in order, and for views their `TO` target and `SELECT`. The
     /// scratch database is dropped afterwards.
     public func differences(through version: Int) throws(ClickHouseError) -> [String] {
-        var random = SystemRandomNumberGenerator()
-        let scratchName = "_schema_tool_verify_\(ProcessInfo.processInfo.processIdentifier)_\(random.next() % 1_000_000)"
-        var scratchEndpoint = connection.endpoint
-        scratchEndpoint.database = scratchName
-        let scratch: ClickHouseConnection
-        do { scratch = try ClickHouseConnection(endpoint: scratchEndpoint) } catch { return ["cannot open a scratch connection: \(error)"] }
-        _ = try scratch.execute("CREATE DATABASE \(scratchName)", useDatabase: false)
-        defer { _ = try? scratch.execute("DROP DATABASE IF EXISTS \(scratchName)", useDatabase: false) }
-
-        var variables = migrations.variables
-        variables["DATABASE"] = scratchName
-        let replay: MigrationSet
-        do { replay = try migrations.rendered(variables: variables, cluster: nil) } catch { return [error.description] }
-        for migration in replay.migrations where migration.version <= version {
-            for (index, statement) in migration.statements.enumerated() where Self.definesSchema(statement.text) {
-                do {
-                    try scratch.run(statement.text)
-                } catch {
-                    return ["cannot replay \(migration.path):\(statement.line) (statement \(index + 1)) in a scratch database to compare with: \(error)"]
-                }
+        let scratchDatabase = try ScratchDatabase(beside: connection.endpoint)
+        defer { scratchDatabase.drop() }
+        let scratch = scratchDatabase.connection
+        let scratchName = scratchDatabase.name
+        do {
+            if let failure = try scratchDatabase.replay(migrations, through: version, includingData: false) {
+                return ["cannot replay \(failure.location) (statement \(failure.statement)) in a scratch database to compare with: \(failure.error)"]
             }
+        } catch {
+            return [error.description]
         }
 
         let expected = try objects(in: scratch)
@@ -146,15 +135,6 @@ public struct SchemaVerifier {
             problems.append("unexpected: \(engine) \(name) is in the database but no applied migration creates it")
         }
         return problems
-    }
-
-    /// Whether a statement changes the schema (replayed by `verify`), as opposed to moving
-    /// data (`INSERT`, `SELECT`, `OPTIMIZE`, `SYSTEM`) or waiting.
-    static func definesSchema(_ statement: String) -> Bool {
-        guard WaitDirective.expression(in: statement) == nil,
-            let first = SQLLexer.tokens(statement).first(where: { $0.kind != .trivia })
-        else { return false }
-        return ["CREATE", "ALTER", "DROP", "RENAME", "ATTACH", "DETACH"].contains { first.isKeyword($0) }
     }
 
     static func isBookkeeping(_ name: String) -> Bool {

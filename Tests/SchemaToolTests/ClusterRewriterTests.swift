@@ -91,10 +91,10 @@ import Testing
     }
 
     @Test func verifyReplaysSchemaStatementsOnly() {
-        #expect(SchemaVerifier.definesSchema("-- c\nCREATE TABLE x (a UInt8) ENGINE = Memory"))
-        #expect(SchemaVerifier.definesSchema("alter table x add column b UInt8"))
-        #expect(!SchemaVerifier.definesSchema("INSERT INTO x SELECT 1"))
-        #expect(!SchemaVerifier.definesSchema("WAIT UNTIL now() + 1"))
+        #expect(ScratchDatabase.definesSchema("-- c\nCREATE TABLE x (a UInt8) ENGINE = Memory"))
+        #expect(ScratchDatabase.definesSchema("alter table x add column b UInt8"))
+        #expect(!ScratchDatabase.definesSchema("INSERT INTO x SELECT 1"))
+        #expect(!ScratchDatabase.definesSchema("WAIT UNTIL now() + 1"))
         let definition = SchemaVerifier.viewDefinition("CREATE MATERIALIZED VIEW db.v TO db.t (`x` UInt8) AS SELECT 1 AS x")
         #expect(definition.target == "db.t")
         #expect(definition.select == " AS SELECT 1 AS x")

@@ -45,23 +45,42 @@ import Testing
         #expect(try schemaTool(["plan"] + common).stdout.contains("nothing to apply"))
     }
 
-    @Test func failedStatementStopsRecordsProgressAndResumes() throws {
-        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "resume")
+    /// A statement the server rejects outright (here an unknown engine) is caught by the dry
+    /// run in a scratch database: nothing at all changes in the target database.
+    @Test func rejectedStatementStopsBeforeAnythingChanges() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "dryrun")
         let migrations = try directory([
-            "0001_first.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = NoSuchEngine;\nCREATE TABLE ${DATABASE}.d (x UInt8) ENGINE = Memory;\n"
+            "0001_first.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = NoSuchEngine;\n"
         ])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
         let failed = try schemaTool(["migrate"] + common)
         #expect(failed.status == 1)
-        #expect(failed.stderr.contains("0001_first.sql:3: statement 3 of 4 failed"))
+        #expect(failed.stderr.contains("0001_first.sql:3: statement 3 of 3 fails in a dry run"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("Nothing was changed in \(endpoint.database)"))
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase()") == "0", "not even the ledger")
+        #expect(try connection.scalar("SELECT count() FROM system.databases WHERE name LIKE '_schema_tool_scratch_%'") == "0", "the scratch database is gone")
+    }
+
+    /// A statement that fails only against the live database (here: an object that is in the
+    /// way) stops there, records how far it got, and the next run resumes at that statement.
+    @Test func failedStatementStopsRecordsProgressAndResumes() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "resume")
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        try connection.run("CREATE TABLE c (x UInt8) ENGINE = Memory")
+        // No IF NOT EXISTS: running statements 1 and 2 again, or 3 with c in the way, fails.
+        let migrations = try directory([
+            "0001_first.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.d (x UInt8) ENGINE = Memory;\n"
+        ])
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
+        let failed = try schemaTool(["migrate"] + common)
+        #expect(failed.status == 1)
+        #expect(failed.stderr.contains("0001_first.sql:3: statement 3 of 4 failed"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("Statements 1-2 are applied and recorded"))
         #expect(try schemaTool(["status"] + common).stdout.contains("failed at statement 3"))
-        // Fix the file; a resumed run must not run statements 1 and 2 again (they would fail:
-        // no IF NOT EXISTS).
-        try "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.d (x UInt8) ENGINE = Memory;\n"
-            .write(toFile: migrations + "/0001_first.sql", atomically: true, encoding: .utf8)
+        try connection.run("DROP TABLE c")
         let resumed = try schemaTool(["migrate"] + common)
         #expect(resumed.status == 0, "\(resumed.stderr)")
-        let connection = try ClickHouseConnection(endpoint: endpoint)
         #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN ('a','b','c','d')") == "4")
     }
 
