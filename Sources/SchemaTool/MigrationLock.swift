@@ -55,8 +55,8 @@ struct Bookkeeping: Sendable {
 ///
 /// So any request earlier than mine was acknowledged, and visible on every host, before I
 /// first look (clocks of the machines running schema-tool must agree to within ``settle``/2).
-/// A contender renews its request every ``lease``/4 from a background thread while it waits and works;
-/// releasing appends a release row. A holder that dies without releasing blocks others until
+/// A contender renews its request every ``lease``/4 from a background thread while it waits
+/// and while it works; releasing appends a release row. A holder that dies without releasing blocks others until
 /// its lease expires (``lease``, 2 minutes by default, after its last renewal): then the next
 /// contender takes over and resumes the dead holder's migration from its last recorded
 /// statement.
@@ -169,7 +169,7 @@ public final class MigrationLock {
     }
 }
 
-/// Renews a held lock's lease every quarter lease, on its own thread and connection.
+/// Renews a lock request's lease every quarter lease, on its own thread and connection.
 private final class Heartbeat: @unchecked Sendable {
     private let condition = NSCondition()
     private var stopped = false
