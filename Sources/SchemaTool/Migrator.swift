@@ -215,8 +215,13 @@ public final class Migrator {
 
     /// Applies pending migrations up to `target` (all when `nil`). Returns the versions applied.
     @discardableResult
-    public func migrate(to target: Int? = nil, lockTimeout: Duration = .seconds(300), lockLease: Duration = .seconds(120)) throws(MigratorError) -> [Int] {
-        if !(try plan(to: target)).isEmpty { try dryRun(through: target ?? .max) }
+    ///
+    /// Unless `dryRun` is off, the migrations up to `target` are first replayed in a
+    /// ``ScratchDatabase``, so that a statement the server rejects changes nothing.
+    public func migrate(
+        to target: Int? = nil, lockTimeout: Duration = .seconds(300), lockLease: Duration = .seconds(120), dryRun: Bool = true
+    ) throws(MigratorError) -> [Int] {
+        if dryRun, !(try plan(to: target)).isEmpty { try self.dryRun(through: target ?? .max) }
         try prepare()
         let lock = MigrationLock(connection: connection, bookkeeping: try bookkeeping(), holder: actor, lease: lockLease)
         try lock.acquire(timeout: lockTimeout)

@@ -95,12 +95,13 @@ struct Migrate: ParsableCommand {
     @Option(help: "Apply up to this version only.") var to: Int?
     @Option(help: "Seconds to wait for another migrate holding the lock.") var lockTimeout = 300
     @Option(help: "Seconds a dead lock holder blocks others (the holder renews its lease every quarter of it).") var lockLease = 120
+    @Flag(help: "Skip the dry run in a scratch database (for migrations that use objects no migration creates).") var skipDryRun = false
 
     func run() throws {
         try reportingFailures {
             let migrator = Migrator(connection: try options.connect(), migrations: try options.loadMigrations())
             let started = ContinuousClock.now
-            let applied = try migrator.migrate(to: to, lockTimeout: .seconds(lockTimeout), lockLease: .seconds(lockLease))
+            let applied = try migrator.migrate(to: to, lockTimeout: .seconds(lockTimeout), lockLease: .seconds(lockLease), dryRun: !skipDryRun)
             let elapsed = ContinuousClock.now - started
             if applied.isEmpty {
                 print("database \(options.database) is up to date; nothing to apply")
