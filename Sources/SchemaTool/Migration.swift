@@ -113,6 +113,7 @@ public struct MigrationSet: Sendable {
 }
 
 /// `${NAME}` substitution; `${NAME:-default}` uses `default` when `NAME` is undefined.
+/// Comments are left as they are (a `${NAME}` in a comment is documentation, not a use).
 public enum Template {
     public struct UndefinedVariable: Error, Sendable {
         public var name: String
@@ -121,6 +122,33 @@ public enum Template {
     }
 
     public static func render(_ text: String, variables: [String: String]) throws(UndefinedVariable) -> String {
+        var result = ""
+        var code = ""
+        var lines = 0
+        func flush() throws(UndefinedVariable) {
+            do {
+                result += try renderCode(code, variables: variables)
+            } catch {
+                throw UndefinedVariable(name: error.name, lineOffset: lines + error.lineOffset)
+            }
+            lines += code.filter { $0 == "\n" }.count
+            code = ""
+        }
+        for token in SQLLexer.tokens(text) {
+            let isComment = token.kind == .trivia && (token.text.hasPrefix("--") || token.text.hasPrefix("#") || token.text.hasPrefix("/*"))
+            if isComment {
+                try flush()
+                result += token.text
+                lines += token.text.filter { $0 == "\n" }.count
+            } else {
+                code += token.text
+            }
+        }
+        try flush()
+        return result
+    }
+
+    private static func renderCode(_ text: String, variables: [String: String]) throws(UndefinedVariable) -> String {
         var result = ""
         var rest = Substring(text)
         while let open = rest.range(of: "${") {

@@ -194,7 +194,7 @@ struct New: ParsableCommand {
         let path = (migrationsDir as NSString).appendingPathComponent(String(format: "%04d_", next) + String(slug) + ".sql")
         let template = """
             -- \(name)
-            -- Statements end with ';'. ${DATABASE} is the target database; other ${NAME}s come from --var NAME=VALUE.
+            -- Statements end with ';'. ${DATABASE} is the target database; ${NAME} is --var NAME=VALUE (or ${NAME:-default}).
             -- Each statement's completion is recorded: keep statements idempotent (IF NOT EXISTS / IF EXISTS).
 
             """

@@ -147,6 +147,21 @@ import Testing
         #expect(try connection.scalar("SELECT groupArray(x) FROM (SELECT x FROM a ORDER BY x)") == "[1,2]")
     }
 
+    @Test func newCreatesTheNextNumberedMigrationThatMigrateAccepts() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "new")
+        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = MergeTree ORDER BY x;"])
+        let created = try schemaTool(["new", "--migrations-dir", migrations, "Add region column"])
+        #expect(created.status == 0, "\(created.stderr)")
+        let path = migrations + "/0002_add_region_column.sql"
+        #expect(created.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == path)
+        let template = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(template.contains("${DATABASE}"))
+        try (template + "ALTER TABLE ${DATABASE}.a ADD COLUMN region String;\n").write(toFile: path, atomically: true, encoding: .utf8)
+        let migrated = try schemaTool(["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations])
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        #expect(migrated.stdout.contains("applied 2 migration(s) (1, 2)"))
+    }
+
     /// A holder that died without releasing blocks others only until its lease expires.
     @Test func deadLockHolderBlocksOnlyUntilItsLeaseExpires() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "lease")

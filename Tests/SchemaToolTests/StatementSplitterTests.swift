@@ -40,6 +40,21 @@ import Testing
     @Test func templatesVariablesAndRefusesUndefinedOnes() throws {
         #expect(try Template.render("CREATE TABLE ${DATABASE}.t ON CLUSTER ${CLUSTER}", variables: ["DATABASE": "d", "CLUSTER": "c"]) == "CREATE TABLE d.t ON CLUSTER c")
         #expect(throws: Template.UndefinedVariable.self) { try Template.render("SELECT ${NOPE}", variables: [:]) }
+        #expect(try Template.render("SELECT '${X:-fallback}'", variables: [:]) == "SELECT 'fallback'", "strings are templated")
+    }
+
+    @Test func commentsAreNotTemplatedAndErrorsNameTheRightLine() throws {
+        let text = "-- use ${NAME} for names\n/* ${OTHER}\n */ SELECT ${DATABASE}\n# ${X}\nFROM ${MISSING}"
+        #expect(
+            try Template.render("-- use ${NAME} for names\nSELECT ${DATABASE}.t", variables: ["DATABASE": "d"]) == "-- use ${NAME} for names\nSELECT d.t"
+        )
+        do {
+            _ = try Template.render(text, variables: ["DATABASE": "d"])
+            Issue.record("an undefined variable in code must be refused")
+        } catch {
+            #expect(error.name == "MISSING")
+            #expect(error.lineOffset == 4)
+        }
     }
 
     @Test func sha256MatchesKnownVectors() {
