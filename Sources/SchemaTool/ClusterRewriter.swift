@@ -151,7 +151,6 @@ public enum ClusterRewriter {
             }
         }
     }
-
 }
 
 /// A statement's tokens with the positions of its significant (non-trivia) ones.

@@ -135,8 +135,7 @@ public enum Template {
             code = ""
         }
         for token in SQLLexer.tokens(text) {
-            let isComment = token.kind == .trivia && (token.text.hasPrefix("--") || token.text.hasPrefix("#") || token.text.hasPrefix("/*"))
-            if isComment {
+            if token.isComment {
                 try flush()
                 result += token.text
                 lines += token.text.filter { $0 == "\n" }.count

@@ -1,46 +1,6 @@
 import ClickHouseHTTP
 import Foundation
 
-/// schema-tool's own tables (the ledger and the lock): how they are created and written.
-///
-/// On a single server they are MergeTree tables. On a cluster they are created `ON CLUSTER`
-/// as replicated tables with one ZooKeeper path for the whole cluster, so every host is a
-/// replica of the same ledger, and every write uses `insert_quorum` = the number of hosts: a
-/// write is acknowledged only once every host has it, so a reader on any host sees it.
-struct Bookkeeping: Sendable {
-    let endpoint: ClickHouseEndpoint
-    /// The database, quoted.
-    let database: String
-    let cluster: ClusterTarget?
-    /// Hosts that must have a write before it is acknowledged (`nil` on a single server).
-    let quorum: Int?
-
-    func create(_ connection: ClickHouseConnection, table: String, columns: String, orderBy: String) throws(ClickHouseError) {
-        var statement = "CREATE TABLE IF NOT EXISTS \(database).\(table) (\(columns)) ENGINE = MergeTree ORDER BY \(orderBy)"
-        if let cluster {
-            statement = ClusterRewriter.rewrite(statement, for: cluster.bookkeeping, database: endpoint.database)
-        }
-        try connection.run(statement)
-    }
-
-    /// Appends one row. On a cluster, waits for the quorum; ClickHouse versions that allow one
-    /// quorum insert per table at a time refuse concurrent ones (code 286), which are retried.
-    func insert(_ connection: ClickHouseConnection, table: String, row: [String: Any]) throws(ClickHouseError) {
-        let body = (try? JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])).map(Array.init) ?? []
-        let settings = quorum.map { ["insert_quorum": "\($0)", "insert_quorum_timeout": "60000"] } ?? [:]
-        var attempt = 0
-        while true {
-            do {
-                _ = try connection.execute("INSERT INTO \(database).\(table) FORMAT JSONEachRow", body: body, settings: settings)
-                return
-            } catch where error.code == 286 && attempt < 200 {
-                attempt += 1
-                Thread.sleep(forTimeInterval: 0.05 + Double.random(in: 0..<0.1))
-            }
-        }
-    }
-}
-
 /// A lease lock in a ClickHouse table, so that concurrent `schema-tool migrate` runs against
 /// one database (or, with `--cluster`, against any hosts of the cluster) never both apply
 /// migrations.
@@ -56,10 +16,10 @@ struct Bookkeeping: Sendable {
 /// So any request earlier than mine was acknowledged, and visible on every host, before I
 /// first look (clocks of the machines running schema-tool must agree to within ``settle``/2).
 /// A contender renews its request every ``lease``/4 from a background thread while it waits
-/// and while it works; releasing appends a release row. A holder that dies without releasing blocks others until
-/// its lease expires (``lease``, 2 minutes by default, after its last renewal): then the next
-/// contender takes over and resumes the dead holder's migration from its last recorded
-/// statement.
+/// and while it works; releasing appends a release row. A holder that dies without releasing
+/// blocks others until its lease expires (``lease``, 2 minutes by default, after its last
+/// renewal): then the next contender takes over and resumes the dead holder's migration from
+/// its last recorded statement.
 public final class MigrationLock {
     public static let table = "schema_migrations_lock"
 

@@ -102,7 +102,7 @@ public final class Migrator {
             }
             quorum = hosts
         }
-        let bookkeeping = Bookkeeping(endpoint: connection.endpoint, database: quotedDatabase, cluster: cluster, quorum: quorum)
+        let bookkeeping = Bookkeeping(endpoint: connection.endpoint, cluster: cluster, quorum: quorum)
         cachedBookkeeping = bookkeeping
         return bookkeeping
     }
@@ -214,10 +214,10 @@ public final class Migrator {
     }
 
     /// Applies pending migrations up to `target` (all when `nil`). Returns the versions applied.
-    @discardableResult
     ///
     /// Unless `dryRun` is off, the migrations up to `target` are first replayed in a
     /// ``ScratchDatabase``, so that a statement the server rejects changes nothing.
+    @discardableResult
     public func migrate(
         to target: Int? = nil, lockTimeout: Duration = .seconds(300), lockLease: Duration = .seconds(120), dryRun: Bool = true
     ) throws(MigratorError) -> [Int] {

@@ -21,6 +21,11 @@ struct SQLToken: Sendable, Hashable {
         kind == .word && text.caseInsensitiveCompare(keyword) == .orderedSame
     }
 
+    /// Whether this is a comment (`-- ...`, `# ...`, `/* ... */`) rather than white space.
+    var isComment: Bool {
+        kind == .trivia && (text.hasPrefix("--") || text.hasPrefix("#") || text.hasPrefix("/*"))
+    }
+
     /// The identifier this token names, unquoted (`nil` for strings, symbols and trivia).
     var identifier: String? {
         switch kind {

@@ -63,11 +63,7 @@ public struct SchemaVerifier {
 
     /// Live tables of the database as name → engine.
     public func liveObjects() throws(ClickHouseError) -> [String: String] {
-        var result: [String: String] = [:]
-        for row in try connection.rows("SELECT name, engine FROM system.tables WHERE database = currentDatabase()") where row.count == 2 {
-            result[String(row[0])] = String(row[1])
-        }
-        return result
+        try objects(in: connection)
     }
 
     /// Every difference between the live schema and the migrations applied (`through`).
@@ -91,7 +87,7 @@ public struct SchemaVerifier {
         }
 
         let expected = try objects(in: scratch)
-        let live = try objects(in: connection)
+        let live = try liveObjects()
         let liveDatabase = connection.endpoint.database
         func normalized(_ text: String) -> String {
             text.replacingOccurrences(of: "`\(scratchName)`.", with: "\(liveDatabase).").replacingOccurrences(of: "\(scratchName).", with: "\(liveDatabase).")
@@ -187,7 +183,6 @@ public struct SchemaVerifier {
         }
         return (target, String(query[range.lowerBound...]))
     }
-
 
     /// Objects in the database that no migration created (the ledger and lock tables and
     /// materialized views' inner tables excluded).

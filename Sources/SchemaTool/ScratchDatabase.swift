@@ -11,7 +11,7 @@ import Foundation
 /// (`max_rows_to_read` = 1 with `read_overflow_mode` = `break`); never `WAIT UNTIL`.
 struct ScratchDatabase {
     /// Why a replay stopped.
-    struct Failure: Error {
+    struct Failure {
         var migration: Migration
         /// 1-based number of the statement in its migration.
         var statement: Int
