@@ -1,29 +1,68 @@
-/// Hands out a dense ``ProductID`` for every distinct product id string, and back.
+/// A product id string compared byte for byte: two spellings that Unicode calls canonically
+/// equivalent (NFC `café` and NFD `café`) are two products, as they are in ClickHouse.
+public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
+    /// The product id exactly as received.
+    public let name: String
+
+    @inlinable
+    public init(_ name: String) { self.name = name }
+
+    @inlinable
+    public static func == (lhs: ProductKey, rhs: ProductKey) -> Bool {
+        lhs.name.utf8.elementsEqual(rhs.name.utf8)
+    }
+
+    @inlinable
+    public func hash(into hasher: inout Hasher) {
+        var name = self.name
+        name.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+
+    public var description: String { name }
+}
+
+/// Hands out a dense ``ProductID`` for every distinct product id (compared byte for byte, see
+/// ``ProductKey``), and back.
 ///
-/// Ids are assigned in order of first appearance, starting at 0, and never reused: the catalog
-/// grows with the number of distinct products seen by the process (about 50 bytes plus the
-/// id's length each).
+/// Memory is bounded by the products in use: ids given back with ``release(_:)`` (when no open
+/// window holds the product any more, see ``WindowAggregator/takeReleasedProducts()``) are
+/// forgotten and reused.
 public struct ProductCatalog: Sendable {
-    private var ids: [String: ProductID] = [:]
+    private var ids: [ProductKey: ProductID] = [:]
     private var names: [String] = []
+    private var free: [ProductID] = []
 
     public init() {}
 
-    /// Number of distinct products.
-    public var count: Int { names.count }
+    /// Number of products known.
+    public var count: Int { ids.count }
 
-    /// The id of `name`, assigning the next one on first sight.
+    /// The id of `name`, assigning one on first sight.
     public mutating func id(for name: String) -> ProductID {
-        if let id = ids[name] { return id }
-        let id = ProductID(names.count)
-        ids[name] = id
-        names.append(name)
+        let key = ProductKey(name)
+        if let id = ids[key] { return id }
+        let id: ProductID
+        if let reused = free.popLast() {
+            id = reused
+            names[Int(id)] = name
+        } else {
+            id = ProductID(names.count)
+            names.append(name)
+        }
+        ids[key] = id
         return id
     }
 
-    /// The id of `name` if it was seen before.
-    public func existingID(for name: String) -> ProductID? { ids[name] }
+    /// The id of `name` if it is known.
+    public func existingID(for name: String) -> ProductID? { ids[ProductKey(name)] }
 
-    /// The product id string of `id`. `id` must come from this catalog.
+    /// The product id string of `id`. `id` must come from this catalog and not be released.
     public func name(of id: ProductID) -> String { names[Int(id)] }
+
+    /// Forgets `id`; a later ``id(for:)`` may hand it out for another product.
+    public mutating func release(_ id: ProductID) {
+        guard Int(id) < names.count, let removed = ids.removeValue(forKey: ProductKey(names[Int(id)])), removed == id else { return }
+        names[Int(id)] = ""
+        free.append(id)
+    }
 }

@@ -6,8 +6,10 @@ public typealias SourcePartition = Int
 ///
 /// - A partition's watermark is the highest event time seen on it minus the out-of-orderness.
 /// - The pipeline watermark is the minimum over the partitions that are *active*. A partition
-///   that has had no message for the idle timeout (processing time) is idle and does not hold
-///   the watermark back until it receives data again. A partition that has not received any
+///   that has had no message for the idle timeout (processing time) while there was nothing to
+///   read from it is idle and does not hold the watermark back until it receives data again. A
+///   partition the caller keeps active (``keepActive(_:)``: data not yet read, consumption
+///   paused, broker unreachable) never becomes idle. A partition that has not received any
 ///   message yet holds the watermark back until it has been assigned for the idle timeout.
 /// - When every partition is idle, the watermark is the maximum over the partitions, so that a
 ///   stream that stopped still closes its windows.
@@ -20,6 +22,8 @@ public struct Watermarks: Sendable {
         var lastActivity: Int64
         /// Whether an event arrived since the last ``Watermarks/advance(now:)``.
         var sawEventSinceAdvance: Bool
+        /// Whether ``Watermarks/keepActive(_:)`` was called since the last advance.
+        var keptActiveSinceAdvance = false
         var isIdle: Bool
     }
 
@@ -58,6 +62,13 @@ public struct Watermarks: Sendable {
         partitions[partition].sawEventSinceAdvance = true
     }
 
+    /// Records that `partition` may have data this consumer has not read (a backlog, paused
+    /// consumption, an unreachable broker): until the next ``advance(now:)`` it counts as
+    /// active, as if an event had arrived, but its watermark does not move.
+    public mutating func keepActive(_ partition: SourcePartition) {
+        partitions[partition].keptActiveSinceAdvance = true
+    }
+
     /// Highest event time seen on `partition`, if any.
     public func maxEventTime(of partition: SourcePartition) -> Timestamp? {
         partitions[partition].maxEventTime.map(Timestamp.init(milliseconds:))
@@ -75,8 +86,9 @@ public struct Watermarks: Sendable {
         var anyActive = false
         var heldBack = false
         for index in partitions.indices {
-            if partitions[index].sawEventSinceAdvance {
+            if partitions[index].sawEventSinceAdvance || partitions[index].keptActiveSinceAdvance {
                 partitions[index].sawEventSinceAdvance = false
+                partitions[index].keptActiveSinceAdvance = false
                 partitions[index].lastActivity = now.milliseconds
                 partitions[index].isIdle = false
             } else if now.milliseconds - partitions[index].lastActivity >= idleTimeout {

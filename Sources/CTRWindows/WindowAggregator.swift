@@ -30,6 +30,16 @@ public struct WindowCounts: Hashable, Sendable, CustomStringConvertible {
         impressions == 0 ? 0 : Double(clicks) / Double(impressions)
     }
 
+    /// The largest revenue a window can hold: `Decimal(18, 6)`'s maximum,
+    /// 999,999,999,999.999999 currency units, in micro-units.
+    public static let maximumRevenueMicros: UInt64 = 999_999_999_999_999_999
+
+    /// Whether adding `revenueMicros` keeps the revenue within ``maximumRevenueMicros``.
+    @inlinable
+    func canAdd(revenueMicros: UInt64) -> Bool {
+        revenueMicros <= Self.maximumRevenueMicros - self.revenueMicros
+    }
+
     @inlinable
     mutating func add(_ kind: EventKind, revenueMicros: UInt64) {
         switch kind {
@@ -94,10 +104,6 @@ public struct WindowEmission: Sendable, Hashable {
     /// One row per product whose counts changed since the window's previous emission, ordered by
     /// product.
     public var rows: [WindowRow]
-    /// For each partition that fed the window, the highest offset reflected in the window's
-    /// counts as of this emission. Store it with the rows: after a restart, events at or below
-    /// these offsets are already counted (see ``WindowAggregator/restore(windowStart:rows:includedThrough:)``).
-    public var includedThrough: [SourceOffset]
     /// For each partition, the lowest offset first reflected by this emission. Until the rows
     /// are durable, the consumer must not commit that offset or any later one.
     public var firstNewOffsets: [SourceOffset]
@@ -111,33 +117,39 @@ public enum IngestResult: Sendable, Hashable {
     case lateUpdate
     /// Later than the allowed lateness: not counted. The caller reports it (dead-letter topic).
     case tooLate(windowStart: Timestamp)
-    /// A previous run already counted this event and wrote it out (see `restore`): skipped.
+    /// A previous run already counted this event and wrote it out (see
+    /// ``WindowAggregator/restore(windowStart:rows:)``): skipped.
     case alreadyCounted
-    /// The window's state may exist in the durable output and must be restored with
-    /// ``WindowAggregator/restore(windowStart:rows:includedThrough:)`` before this event is
-    /// ingested again. Nothing was recorded.
-    case needsRestore(windowStart: Timestamp)
+    /// Counting the event's revenue would take the window's revenue beyond
+    /// ``WindowCounts/maximumRevenueMicros``: not counted. The caller reports it.
+    case revenueOverflow(windowStart: Timestamp)
 }
 
-/// A durable row as read back on recovery: the highest revision of a (product, window).
+/// A durable row as read back on recovery: the highest revision of a (product, window), and
+/// which events of each partition that row reflects.
 public struct RestoredRow: Hashable, Sendable {
     public var product: ProductID
     public var totals: WindowCounts
     public var revision: UInt32
+    /// Per source partition, the first offset *not* reflected by ``totals``: every event of the
+    /// (product, window) at a lower offset is already counted. `0` when nothing of the partition
+    /// is reflected.
+    public var reflectedBefore: [Int64]
 
-    public init(product: ProductID, totals: WindowCounts, revision: UInt32) {
+    public init(product: ProductID, totals: WindowCounts, revision: UInt32, reflectedBefore: [Int64]) {
         self.product = product
         self.totals = totals
         self.revision = revision
+        self.reflectedBefore = reflectedBefore
     }
 }
 
 /// Event-time tumbling windows of impressions and clicks per product: the pure core of the
 /// pipeline.
 ///
-/// It is a state machine: the caller feeds events (``ingest(_:_:at:from:offset:)``) and the
-/// passage of processing time (``advance(now:)``), and performs what comes back (write rows,
-/// report too-late events, restore state). It does no I/O and reads no clock.
+/// It is a state machine: the caller feeds events (``ingest(_:_:at:from:offset:revenueMicros:)``)
+/// and the passage of processing time (``advance(now:)``), and performs what comes back (write
+/// rows, report too-late events). It does no I/O and reads no clock.
 ///
 /// Rules, with the defaults of ``WindowConfiguration``:
 /// - Windows are `[start, start + size)`, aligned to the Unix epoch in UTC.
@@ -147,13 +159,17 @@ public struct RestoredRow: Hashable, Sendable {
 ///   changes not yet emitted: first emission revision 0, each later one (late updates) +1.
 /// - An event for a window whose end plus the allowed lateness is at or below the watermark is
 ///   too late and is not counted.
-/// - A window's state is dropped once the watermark reaches its end plus the allowed lateness.
+/// - A window's state is dropped once the watermark reaches its end plus the allowed lateness;
+///   the products it was the last open window of are reported by ``takeReleasedProducts()``.
 public struct WindowAggregator: Sendable {
     struct ProductState: Sendable {
         var counts: WindowCounts
         var emitted: WindowCounts
         var nextRevision: UInt32
         var isDirty: Bool
+        /// Index into ``WindowAggregator/restoredPositions`` when the state was restored from
+        /// durable rows; `.max` otherwise.
+        var restoredPositions: UInt32
     }
 
     struct OpenWindow: Sendable {
@@ -163,15 +179,10 @@ public struct WindowAggregator: Sendable {
         var pendingFrom: [Int64]
         /// Per partition, the partition's highest event time before `pendingFrom`.
         var pendingMaxBefore: [Int64?]
-        /// Per partition, the highest offset counted; -1 when none.
-        var includedThrough: [Int64]
-        /// Per partition, offsets at or below which a previous run already counted the events.
-        var restoredThrough: [Int64]?
 
         init(partitionCount: Int) {
             pendingFrom = Array(repeating: .max, count: partitionCount)
             pendingMaxBefore = Array(repeating: nil, count: partitionCount)
-            includedThrough = Array(repeating: -1, count: partitionCount)
         }
     }
 
@@ -179,20 +190,17 @@ public struct WindowAggregator: Sendable {
     public let assigner: WindowAssigner
     public private(set) var watermarks: Watermarks
     var windows: [Int64: OpenWindow] = [:]
-    let restoreHorizon: Int64?
+    /// Distinct `reflectedBefore` vectors of restored rows (one per durable batch, typically).
+    var restoredPositions: [[Int64]] = []
+    var restoredPositionIndex: [[Int64]: UInt32] = [:]
+    /// Per product, the number of open windows holding it.
+    var openWindowsOfProduct: [ProductID: UInt32] = [:]
+    var releasedProducts: [ProductID] = []
 
     /// - Parameters:
     ///   - partitionCount: number of source partitions, numbered `0..<partitionCount`.
     ///   - now: processing time of the assignment.
-    ///   - restoreThrough: windows starting at or before this time may already have durable rows
-    ///     (written before a restart or rebalance); ingesting into them first asks for
-    ///     ``IngestResult/needsRestore(windowStart:)``. `nil` when nothing was written before.
-    public init(
-        configuration: WindowConfiguration,
-        partitionCount: Int,
-        now: Timestamp,
-        restoreThrough: Timestamp? = nil
-    ) {
+    public init(configuration: WindowConfiguration, partitionCount: Int, now: Timestamp) {
         self.configuration = configuration
         self.assigner = WindowAssigner(size: configuration.windowSize)
         self.watermarks = Watermarks(
@@ -201,7 +209,6 @@ public struct WindowAggregator: Sendable {
             idleTimeout: configuration.idleTimeout,
             now: now
         )
-        self.restoreHorizon = restoreThrough?.milliseconds
     }
 
     /// The pipeline watermark, `nil` until defined.
@@ -212,6 +219,9 @@ public struct WindowAggregator: Sendable {
 
     /// Number of (product, window) pairs with state.
     public var openProductWindowCount: Int { windows.values.reduce(0) { $0 + $1.products.count } }
+
+    /// Number of distinct products held by open windows.
+    public var openProductCount: Int { openWindowsOfProduct.count }
 
     /// Counts one event of `product` with event time `time`, read from `partition` at `offset`.
     /// Offsets of one partition must be ingested in increasing order.
@@ -230,35 +240,54 @@ public struct WindowAggregator: Sendable {
             watermarks.observe(time, on: partition)
             return .tooLate(windowStart: Timestamp(milliseconds: start))
         }
-        guard let index = windows.index(forKey: start) else {
-            if let restoreHorizon, start <= restoreHorizon {
-                return .needsRestore(windowStart: Timestamp(milliseconds: start))
-            }
-            windows[start] = OpenWindow(partitionCount: watermarks.partitionCount)
-            return ingest(kind, product, at: time, from: partition, offset: offset, revenueMicros: revenueMicros)
-        }
         let maxBefore = watermarks.partitions[partition].maxEventTime
+        let outcome: OpenWindow.CountOutcome
+        if let index = windows.index(forKey: start) {
+            outcome = windows.values[index].count(
+                kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore, restoredPositions: restoredPositions
+            )
+        } else {
+            var window = OpenWindow(partitionCount: watermarks.partitionCount)
+            outcome = window.count(
+                kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore, restoredPositions: restoredPositions
+            )
+            windows[start] = window
+        }
+        switch outcome {
+        case .alreadyCounted:
+            watermarks.observe(time, on: partition)
+            return .alreadyCounted
+        case .revenueOverflow:
+            return .revenueOverflow(windowStart: Timestamp(milliseconds: start))
+        case .countedNewProduct:
+            openWindowsOfProduct[product, default: 0] += 1
+        case .counted:
+            break
+        }
         watermarks.observe(time, on: partition)
-        let counted = windows.values[index].count(kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore)
-        guard counted else { return .alreadyCounted }
         if let watermark, end <= watermark { return .lateUpdate }
         return .counted
     }
 
     /// Installs the durable state of a window read back after a restart or rebalance: for each
-    /// product its highest revision, and per partition the highest offset those rows reflect.
-    /// Later events at or below those offsets are reported as ``IngestResult/alreadyCounted``.
-    public mutating func restore(windowStart: Timestamp, rows: [RestoredRow], includedThrough: [SourceOffset]) {
-        var window = OpenWindow(partitionCount: watermarks.partitionCount)
-        var restored = Array(repeating: Int64(-1), count: watermarks.partitionCount)
-        for source in includedThrough where source.partition < restored.count {
-            restored[source.partition] = max(restored[source.partition], source.offset)
-            window.includedThrough[source.partition] = restored[source.partition]
-        }
-        window.restoredThrough = restored
+    /// product its highest revision and which events it reflects. A later event of the product
+    /// at an offset below its row's ``RestoredRow/reflectedBefore`` is reported as
+    /// ``IngestResult/alreadyCounted``; the next emission continues at revision + 1 with deltas
+    /// relative to the restored totals. Call before ingesting anything into the window.
+    public mutating func restore(windowStart: Timestamp, rows: [RestoredRow]) {
+        var window = windows[windowStart.milliseconds] ?? OpenWindow(partitionCount: watermarks.partitionCount)
         for row in rows {
+            let index: UInt32
+            if let known = restoredPositionIndex[row.reflectedBefore] {
+                index = known
+            } else {
+                index = UInt32(restoredPositions.count)
+                restoredPositions.append(row.reflectedBefore)
+                restoredPositionIndex[row.reflectedBefore] = index
+            }
+            if window.products[row.product] == nil { openWindowsOfProduct[row.product, default: 0] += 1 }
             window.products[row.product] = ProductState(
-                counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false
+                counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false, restoredPositions: index
             )
         }
         windows[windowStart.milliseconds] = window
@@ -274,6 +303,12 @@ public struct WindowAggregator: Sendable {
         return lowest
     }
 
+    /// Keeps `partition` from becoming idle until the next ``advance(now:holdEmissions:)`` (see
+    /// ``Watermarks/keepActive(_:)``).
+    public mutating func keepActive(_ partition: SourcePartition) {
+        watermarks.keepActive(partition)
+    }
+
     /// Resumes the watermark of `partition` at a committed position: `maxEventTime` is the
     /// highest event time of the partition's events before that position (from the commit's
     /// metadata), so replayed events are judged against the same watermark as the first time.
@@ -284,8 +319,11 @@ public struct WindowAggregator: Sendable {
     /// Moves processing time to `now`: updates partition idleness and the watermark, emits
     /// every window that is due (ordered by window start), and drops windows past their
     /// allowed lateness.
-    public mutating func advance(now: Timestamp) -> [WindowEmission] {
-        guard let watermark = watermarks.advance(now: now)?.milliseconds else { return [] }
+    ///
+    /// - Parameter holdEmissions: when true, the watermark and idleness move but nothing is
+    ///   emitted or dropped (recovery: the replay has not yet reached what durable rows reflect).
+    public mutating func advance(now: Timestamp, holdEmissions: Bool = false) -> [WindowEmission] {
+        guard let watermark = watermarks.advance(now: now)?.milliseconds, !holdEmissions else { return [] }
         let size = configuration.windowSize.value
         let lateness = configuration.allowedLateness.value
         var emissions: [WindowEmission] = []
@@ -299,36 +337,65 @@ public struct WindowAggregator: Sendable {
             }
             if end &+ lateness <= watermark { expired.append(start) }
         }
-        for start in expired { windows.removeValue(forKey: start) }
+        for start in expired {
+            guard let window = windows.removeValue(forKey: start) else { continue }
+            for product in window.products.keys {
+                guard let index = openWindowsOfProduct.index(forKey: product) else { continue }
+                if openWindowsOfProduct.values[index] <= 1 {
+                    openWindowsOfProduct.remove(at: index)
+                    releasedProducts.append(product)
+                } else {
+                    openWindowsOfProduct.values[index] -= 1
+                }
+            }
+        }
+        if windows.isEmpty {
+            restoredPositions.removeAll()
+            restoredPositionIndex.removeAll()
+        }
         emissions.sort { $0.windowStart < $1.windowStart }
         return emissions
+    }
+
+    /// Products that no open window holds any more since the last call: the caller may forget
+    /// them (see ``ProductCatalog/release(_:)``). Emissions already returned keep their ids.
+    public mutating func takeReleasedProducts() -> [ProductID] {
+        defer { releasedProducts.removeAll(keepingCapacity: true) }
+        return releasedProducts
     }
 }
 
 extension WindowAggregator.OpenWindow {
-    /// Returns false when a previous run already counted this offset.
+    enum CountOutcome { case counted, countedNewProduct, alreadyCounted, revenueOverflow }
+
     mutating func count(
-        _ kind: EventKind, _ product: ProductID, _ revenueMicros: UInt64, from partition: SourcePartition, offset: Int64, maxBefore: Int64?
-    ) -> Bool {
-        if let restoredThrough, offset <= restoredThrough[partition] { return false }
+        _ kind: EventKind, _ product: ProductID, _ revenueMicros: UInt64, from partition: SourcePartition, offset: Int64, maxBefore: Int64?,
+        restoredPositions: [[Int64]]
+    ) -> CountOutcome {
+        let outcome: CountOutcome
         if let index = products.index(forKey: product) {
+            let restored = products.values[index].restoredPositions
+            if restored != .max, offset < restoredPositions[Int(restored)][partition] { return .alreadyCounted }
+            guard products.values[index].counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             products.values[index].counts.add(kind, revenueMicros: revenueMicros)
             if !products.values[index].isDirty {
                 products.values[index].isDirty = true
                 dirtyProducts.append(product)
             }
+            outcome = .counted
         } else {
             var counts = WindowCounts()
+            guard counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             counts.add(kind, revenueMicros: revenueMicros)
-            products[product] = .init(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true)
+            products[product] = .init(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true, restoredPositions: .max)
             dirtyProducts.append(product)
+            outcome = .countedNewProduct
         }
         if pendingFrom[partition] == .max {
             pendingFrom[partition] = offset
             pendingMaxBefore[partition] = maxBefore
         }
-        if offset > includedThrough[partition] { includedThrough[partition] = offset }
-        return true
+        return outcome
     }
 
     mutating func emit(start: Int64, end: Int64) -> WindowEmission? {
@@ -346,22 +413,15 @@ extension WindowAggregator.OpenWindow {
         }
         dirtyProducts.removeAll(keepingCapacity: false)
         var firstNew: [SourceOffset] = []
-        var included: [SourceOffset] = []
-        for partition in pendingFrom.indices {
-            if pendingFrom[partition] != .max {
-                firstNew.append(SourceOffset(partition: partition, offset: pendingFrom[partition], maxEventTimeBefore: pendingMaxBefore[partition]))
-                pendingFrom[partition] = .max
-                pendingMaxBefore[partition] = nil
-            }
-            if includedThrough[partition] >= 0 {
-                included.append(SourceOffset(partition: partition, offset: includedThrough[partition]))
-            }
+        for partition in pendingFrom.indices where pendingFrom[partition] != .max {
+            firstNew.append(SourceOffset(partition: partition, offset: pendingFrom[partition], maxEventTimeBefore: pendingMaxBefore[partition]))
+            pendingFrom[partition] = .max
+            pendingMaxBefore[partition] = nil
         }
         return WindowEmission(
             windowStart: Timestamp(milliseconds: start),
             windowEnd: Timestamp(milliseconds: end),
             rows: rows,
-            includedThrough: included,
             firstNewOffsets: firstNew
         )
     }

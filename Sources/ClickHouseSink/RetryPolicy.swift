@@ -34,7 +34,8 @@ public struct RetryPolicy: Sendable, Hashable {
 }
 
 extension Duration {
-    var milliseconds: Int64 {
+    /// Whole milliseconds (rounded toward zero).
+    public var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
@@ -83,13 +84,21 @@ public struct InsertRetryStateMachine: Sendable {
     }
 
     public mutating func sent() -> Action {
+        guard case .sending = state else { preconditionFailure("sent while not sending: \(state)") }
         state = .done
         return .succeed
     }
 
-    /// The send failed with `error`; `fraction` is a uniform random number in [0, 1).
+    /// The send failed with `error`; `fraction` is a uniform random number in [0, 1). Whether
+    /// the insert may have been applied is judged from the error.
     public mutating func sendFailed(_ error: ClickHouseError, fraction: Double) -> Action {
-        guard case .sending(let attempt) = state else { return .fail(error) }
+        sendFailed(error, mayHaveBeenApplied: error.mayHaveBeenApplied, fraction: fraction)
+    }
+
+    /// The send failed with `error`; `mayHaveBeenApplied` says whether the server may have
+    /// written the batch anyway (then the machine asks to verify before any resend).
+    public mutating func sendFailed(_ error: ClickHouseError, mayHaveBeenApplied: Bool, fraction: Double) -> Action {
+        guard case .sending(let attempt) = state else { preconditionFailure("sendFailed while not sending: \(state)") }
         guard error.isRetryable else {
             state = .done
             return .fail(error)
@@ -100,7 +109,7 @@ public struct InsertRetryStateMachine: Sendable {
         }
         retries += 1
         let delay = policy.delay(beforeRetry: retries, fraction: fraction)
-        if error.mayHaveBeenApplied {
+        if mayHaveBeenApplied {
             state = .verifying(attempt: attempt, retries: 0)
             return .verify(after: delay)
         }
@@ -111,7 +120,7 @@ public struct InsertRetryStateMachine: Sendable {
     /// The verification found the batch's rows (`applied`) or found that no insert of the
     /// batch is running and none of its rows exist.
     public mutating func verified(applied: Bool) -> Action {
-        guard case .verifying(let attempt, _) = state else { return .succeed }
+        guard case .verifying(let attempt, _) = state else { preconditionFailure("verified while not verifying: \(state)") }
         if applied {
             state = .done
             return .succeed
@@ -122,7 +131,9 @@ public struct InsertRetryStateMachine: Sendable {
 
     /// The verification query itself failed.
     public mutating func verificationFailed(_ error: ClickHouseError, fraction: Double) -> Action {
-        guard case .verifying(let attempt, let verifyRetries) = state else { return .fail(error) }
+        guard case .verifying(let attempt, let verifyRetries) = state else {
+            preconditionFailure("verificationFailed while not verifying: \(state)")
+        }
         guard error.isRetryable else {
             state = .done
             return .fail(error)

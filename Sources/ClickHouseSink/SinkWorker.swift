@@ -3,9 +3,20 @@ import Foundation
 import Logging
 
 /// The result of one submitted batch, reported back to the pipeline thread.
-public enum SinkCompletion: Sendable {
+public enum SinkCompletion: Sendable, Equatable {
     case written(sequence: UInt64, report: InsertReport)
+    /// A later generation of the consumer group fenced the batch: nothing was written.
+    case fenced(sequence: UInt64)
     case failed(sequence: UInt64, error: SinkError)
+
+    public static func == (lhs: SinkCompletion, rhs: SinkCompletion) -> Bool {
+        switch (lhs, rhs) {
+        case (.written(let a, let x), .written(let b, let y)): a == b && x == y
+        case (.fenced(let a), .fenced(let b)): a == b
+        case (.failed(let a, let x), .failed(let b, let y)): a == b && x.description == y.description
+        default: false
+        }
+    }
 }
 
 /// Counters the sink exposes for metrics.
@@ -17,13 +28,13 @@ public struct SinkStatistics: Sendable {
 }
 
 /// Runs inserts on a thread of its own, one batch at a time in submission order, so that the
-/// pipeline thread never blocks on ClickHouse.
+/// pipeline thread never blocks on ClickHouse (encoding the rows happens here too).
 ///
 /// Batches wait in memory until written; ``bufferedRows`` tells the pipeline when to stop
 /// fetching (bounded memory while ClickHouse is unreachable).
 public final class SinkWorker: @unchecked Sendable {
     private let condition = NSCondition()
-    private var queue: [InsertBatch] = []
+    private var queue: [ResultBatch] = []
     private var queueHead = 0
     private var completions: [SinkCompletion] = []
     private var stopping = false
@@ -31,7 +42,7 @@ public final class SinkWorker: @unchecked Sendable {
     private var rowsBuffered = 0
     private var statistics = SinkStatistics()
     private var thread: Thread?
-    private let inserter: ClickHouseInserter
+    private let store: ResultsStore
     private let observeRetry: @Sendable (ClickHouseError) -> Void
     private let observeInsert: @Sendable (InsertReport) -> Void
 
@@ -39,11 +50,11 @@ public final class SinkWorker: @unchecked Sendable {
     ///   - observeRetry: called on the sink thread for every failed attempt.
     ///   - observeInsert: called on the sink thread for every batch written.
     public init(
-        inserter: ClickHouseInserter,
+        store: ResultsStore,
         observeRetry: @escaping @Sendable (ClickHouseError) -> Void = { _ in },
         observeInsert: @escaping @Sendable (InsertReport) -> Void = { _ in }
     ) {
-        self.inserter = inserter
+        self.store = store
         self.observeRetry = observeRetry
         self.observeInsert = observeInsert
     }
@@ -55,8 +66,30 @@ public final class SinkWorker: @unchecked Sendable {
         thread.start()
     }
 
+    /// Drops every queued batch of a generation below `generation` (their assignment was
+    /// revoked or lost): they are never sent. A batch being written is not interrupted; the
+    /// fence of the new generation stops it at the server. Returns the dropped sequences.
+    @discardableResult
+    public func cancel(generationsBelow generation: Int32) -> [UInt64] {
+        condition.lock()
+        defer { condition.unlock() }
+        var kept: [ResultBatch] = []
+        var dropped: [UInt64] = []
+        for batch in queue[queueHead...] {
+            if batch.generation < generation {
+                dropped.append(batch.sequence)
+                rowsBuffered -= batch.rowCount
+            } else {
+                kept.append(batch)
+            }
+        }
+        queue = kept
+        queueHead = 0
+        return dropped
+    }
+
     /// Queues `batch` for writing.
-    public func submit(_ batch: InsertBatch) {
+    public func submit(_ batch: ResultBatch) {
         condition.lock()
         queue.append(batch)
         rowsBuffered += batch.rowCount
@@ -126,9 +159,13 @@ public final class SinkWorker: @unchecked Sendable {
 
             let completion: SinkCompletion
             do {
-                let report = try inserter.insert(batch) { [observeRetry] error in observeRetry(error) }
-                observeInsert(report)
-                completion = .written(sequence: batch.sequence, report: report)
+                switch try store.write(batch, onRetry: { [observeRetry] error in observeRetry(error) }) {
+                case .written(let report):
+                    observeInsert(report)
+                    completion = .written(sequence: batch.sequence, report: report)
+                case .fenced:
+                    completion = .fenced(sequence: batch.sequence)
+                }
             } catch {
                 completion = .failed(sequence: batch.sequence, error: error)
             }
@@ -141,6 +178,8 @@ public final class SinkWorker: @unchecked Sendable {
                 statistics.batchesWritten += 1
                 statistics.rowsWritten += report.rows
                 statistics.retries += report.retries
+            case .fenced:
+                break
             case .failed:
                 statistics.failures += 1
                 stopping = true

@@ -22,20 +22,22 @@ public struct TopicPartition: Hashable, Sendable, Comparable, CustomStringConver
     public var description: String { "\(topic):\(partition)" }
 }
 
-/// A change of the partitions this consumer owns in its group.
+/// A change of the partitions this consumer owns in its group, as recorded during a poll.
 public enum RebalanceEvent: Sendable, Equatable {
-    /// The group gave these partitions to this consumer. Consumption starts at their
-    /// committed offsets (or the earliest offset) once the handler returns.
-    case assigned([TopicPartition])
-    /// The group takes these partitions away. Consumption stops once the handler returns;
-    /// commit anything that should be committed before returning.
-    case revoked([TopicPartition])
+    /// The group gave these partitions to this consumer in consumer-group generation
+    /// `generation`. They are assigned *paused*: fetching starts at their committed offsets (or
+    /// the earliest offset) once the application resumes them.
+    case assigned([TopicPartition], generation: Int32)
+    /// The group took these partitions away; they are already unassigned. `lost` is true when
+    /// the group moved on without this consumer (session timeout, poll interval exceeded):
+    /// another member may own them already.
+    case revoked([TopicPartition], lost: Bool)
 }
 
 /// A message as read from Kafka, valid only during the callback that receives it.
 public struct KafkaMessage {
     public var topic: String
-    /// Position of `topic` in the subscription list given to ``KafkaConsumer/init(configuration:topics:maxBatch:onRebalance:onError:)``.
+    /// Position of `topic` in the subscription list given to ``KafkaConsumer/init(configuration:topics:maxBatch:onError:)``.
     public var topicIndex: Int
     public var partition: Int32
     public var offset: Int64
@@ -45,23 +47,28 @@ public struct KafkaMessage {
 
 /// A consumer in a consumer group with manual offset commits, over librdkafka.
 ///
-/// Not thread-safe: one thread polls, and rebalance handlers and commits run on that thread
-/// (librdkafka calls the rebalance handler from inside ``poll(maxMessages:timeout:_:)``).
+/// Not thread-safe: one thread polls and commits. librdkafka's rebalance callback runs inside
+/// ``poll(maxMessages:timeout:_:)``; it only performs the assignment change librdkafka requires
+/// (new partitions are assigned paused) and records the event for
+/// ``takeRebalanceEvents()``, so the application decides what to do outside the callback.
 public final class KafkaConsumer {
-    private final class Callbacks {
-        let onRebalance: (RebalanceEvent) -> Void
+    /// What librdkafka's callbacks record; owned by the consumer, so it lives as long as the
+    /// client whose callbacks reference it.
+    private final class RebalanceContext {
+        var events: [RebalanceEvent] = []
         let onError: (KafkaError) -> Void
         /// Incremented on every revocation, to spot batches fetched for a revoked assignment.
         var revocations = 0
-        init(onRebalance: @escaping (RebalanceEvent) -> Void, onError: @escaping (KafkaError) -> Void) {
-            self.onRebalance = onRebalance
+        /// Incremented on every client-level error (broker down, transport failures).
+        var errors = 0
+        init(onError: @escaping (KafkaError) -> Void) {
             self.onError = onError
         }
     }
 
     private let handle: OpaquePointer
     private let queue: OpaquePointer
-    private let callbacks: Callbacks
+    private let callbacks: RebalanceContext
     private var topicNames: [OpaquePointer: (name: String, index: Int)] = [:]
     private let topics: [String]
     private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
@@ -84,37 +91,38 @@ public final class KafkaConsumer {
     /// Creates the consumer and subscribes to `topics`.
     ///
     /// - Parameters:
-    ///   - onRebalance: called on the polling thread when partitions are assigned or revoked.
     ///   - onError: called on the polling thread for client-level errors (broker down, ...);
-    ///     librdkafka keeps retrying by itself.
+    ///     librdkafka keeps retrying by itself. It must not capture anything that can be
+    ///     released before the consumer.
     public init(
         configuration: KafkaConfiguration,
         topics: [String],
         maxBatch: Int = 10_000,
-        onRebalance: @escaping (RebalanceEvent) -> Void,
         onError: @escaping (KafkaError) -> Void
     ) throws(KafkaError) {
         var properties = Self.defaultProperties
         properties.merge(configuration.properties) { _, new in new }
         let conf = try KafkaConfiguration(properties).makeNativeConfiguration()
-        let callbacks = Callbacks(onRebalance: onRebalance, onError: onError)
+        let callbacks = RebalanceContext(onError: onError)
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
-            let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
+            let context = Unmanaged<RebalanceContext>.fromOpaque(opaque!).takeUnretainedValue()
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-                callbacks.onRebalance(.assigned(list))
                 rd_kafka_assign(handle, partitions)
+                rd_kafka_pause_partitions(handle, partitions)
+                context.events.append(.assigned(list, generation: KafkaConsumer.generation(of: handle) ?? -1))
             default:
-                callbacks.revocations += 1
-                callbacks.onRebalance(.revoked(list))
+                context.revocations += 1
+                context.events.append(.revoked(list, lost: rd_kafka_assignment_lost(handle) != 0))
                 rd_kafka_assign(handle, nil)
             }
         }
         rd_kafka_conf_set_error_cb(conf) { _, code, reason, opaque in
-            let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque!).takeUnretainedValue()
-            callbacks.onError(KafkaError(code: code, message: reason.map { String(cString: $0) } ?? "unknown error"))
+            let context = Unmanaged<RebalanceContext>.fromOpaque(opaque!).takeUnretainedValue()
+            context.errors += 1
+            context.onError(KafkaError(code: code, message: reason.map { String(cString: $0) } ?? "unknown error"))
         }
         var errorBuffer = [CChar](repeating: 0, count: 512)
         guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorBuffer, errorBuffer.count) else {
@@ -145,15 +153,43 @@ public final class KafkaConsumer {
         close()
     }
 
+    /// The rebalance events recorded since the last call, oldest first.
+    public func takeRebalanceEvents() -> [RebalanceEvent] {
+        defer { callbacks.events.removeAll() }
+        return callbacks.events
+    }
+
+    /// Number of client-level errors reported so far (see `onError`).
+    public var errorCount: Int { callbacks.errors }
+
+    /// The consumer-group generation this member belongs to, from librdkafka's group metadata
+    /// (`CGMDv2:` followed by the generation id in host byte order); `nil` outside a group.
+    static func generation(of handle: OpaquePointer?) -> Int32? {
+        guard let metadata = rd_kafka_consumer_group_metadata(handle) else { return nil }
+        defer { rd_kafka_consumer_group_metadata_destroy(metadata) }
+        var buffer: UnsafeMutableRawPointer?
+        var size = 0
+        if let error = rd_kafka_consumer_group_metadata_write(metadata, &buffer, &size) {
+            rd_kafka_error_destroy(error)
+            return nil
+        }
+        guard let buffer else { return nil }
+        defer { free(buffer) }
+        let magic = Array("CGMDv2:".utf8)
+        guard size >= magic.count + 4, UnsafeRawBufferPointer(start: buffer, count: magic.count).elementsEqual(magic) else { return nil }
+        let generation = buffer.loadUnaligned(fromByteOffset: magic.count, as: Int32.self)
+        return generation >= 0 ? generation : nil
+    }
+
     /// Waits up to `timeout` for messages and hands each one to `handle`, in offset order per
     /// partition. Returns the number of messages handed over. Errors on individual messages
     /// (e.g. a partition that became unavailable) go to the `onError` handler.
     ///
-    /// Rebalance handlers run inside this call, before any message is handed over. A batch
-    /// during which partitions were revoked is dropped whole: its messages were fetched for the
-    /// old assignment, and whoever owns the partitions next fetches them again from the committed
-    /// offsets. (A new assignment cannot arrive in the same call as a revocation: the group must
-    /// be rejoined in between.)
+    /// Rebalances are recorded during this call (see ``takeRebalanceEvents()``). A batch during
+    /// which partitions were revoked is dropped whole: its messages were fetched for the old
+    /// assignment, and whoever owns the partitions next fetches them again from the committed
+    /// offsets. Partitions assigned during the call are paused, so no message of theirs can be
+    /// in the dropped batch.
     @discardableResult
     public func poll(maxMessages: Int, timeout: Duration, _ handle: (KafkaMessage) -> Void) -> Int {
         let count = min(maxMessages, messages.count)

@@ -38,7 +38,7 @@ struct Consume: ParsableCommand {
         var bytes = 0
         let consumer = try KafkaConsumer(
             configuration: KafkaConfiguration(["bootstrap.servers": brokers, "group.id": group]),
-            topics: topics.split(separator: ",").map(String.init), onRebalance: { _ in }, onError: { _ in }
+            topics: topics.split(separator: ",").map(String.init), onError: { _ in }
         )
         var start: ContinuousClock.Instant?
         let deadline = ContinuousClock.now + .seconds(300)
@@ -48,6 +48,7 @@ struct Consume: ParsableCommand {
                 received += 1
                 bytes += message.payload.count
             }
+            for case .assigned(let partitions, _) in consumer.takeRebalanceEvents() { consumer.resume(partitions) }
         }
         report("consume", events: received, seconds: seconds(since: start ?? .now), "bytes=\(bytes)")
         consumer.close()
@@ -104,28 +105,28 @@ struct Sink: ParsableCommand {
 
     func run() throws {
         let connection = try ClickHouseConnection(endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database))
-        var batches: [InsertBatch] = []
+        var batches: [[UInt8]] = []
         let end = Timestamp(milliseconds: 1_700_000_010_000)
         var sequence: UInt64 = 0
-        var batch = InsertBatch(id: "bench-0", sequence: 0, day: InsertBatch.day(of: end))
+        var batch = ResultBatch(id: "bench-0", sequence: 0, generation: 0, day: ResultBatch.day(of: end))
         for index in 0..<rows {
             batch.append(
                 ResultRow(
                     productID: TrafficGenerator.productName(index), windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
                     totals: WindowCounts(impressions: 100, clicks: 3), delta: WindowCounts(impressions: 100, clicks: 3), revision: 0,
-                    emittedAt: end, sources: SourceOffsets([(name: "impressions:0", offset: Int64(index))])
+                    emittedAt: end
                 )
             )
             if batch.rowCount == batchRows {
-                batches.append(batch)
+                batches.append(ResultRowEncoder.jsonEachRow(batch))
                 sequence += 1
-                batch = InsertBatch(id: "bench-\(sequence)", sequence: sequence, day: InsertBatch.day(of: end))
+                batch = ResultBatch(id: "bench-\(sequence)", sequence: sequence, generation: 0, day: ResultBatch.day(of: end))
             }
         }
-        if batch.rowCount > 0 { batches.append(batch) }
+        if batch.rowCount > 0 { batches.append(ResultRowEncoder.jsonEachRow(batch)) }
         let start = ContinuousClock.now
-        for batch in batches {
-            _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: batch.body)
+        for body in batches {
+            _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: body)
         }
         report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count)")
     }

@@ -5,7 +5,7 @@ import Testing
 
 @Suite struct OffsetCommitTrackerTests {
     @Test func commitsNeverPassUnacknowledgedOrPendingEvents() {
-        var tracker = OffsetCommitTracker(partitionCount: 2)
+        var tracker = OffsetCommitTracker(committed: [nil, nil])
         for offset in 0..<10 { tracker.consumed(0, offset: Int64(offset)) }
         tracker.consumed(1, offset: 4)
         tracker.batch(7, dependsOn: [SourceOffset(partition: 0, offset: 3, maxEventTimeBefore: 100)])
@@ -27,8 +27,19 @@ import Testing
         #expect(CommitMetadata(text: "something else") == nil)
     }
 
-    @Test func tabSeparatedUnescapes() {
-        #expect(TabSeparated.unescape("a\\tb\\nc\\\\d\\'e") == "a\tb\nc\\d'e")
-        #expect(TabSeparated.unescape("plain") == "plain")
+    @Test func commitsNeverPassAnUnacknowledgedDeadLetter() {
+        var tracker = OffsetCommitTracker(committed: [(offset: 3, maxEventTime: 500)])
+        for offset in 3..<10 { tracker.consumed(0, offset: Int64(offset)) }
+        let held = tracker.offsetsToCommit(pending: { _ in nil }, maxEventTime: { _ in 900 }, deadLettersPendingFrom: { _ in 6 })
+        #expect(held[0] == SourceOffset(partition: 0, offset: 6, maxEventTimeBefore: 500), "held at the letter, with the last committed event time")
+        let free = tracker.offsetsToCommit(pending: { _ in nil }, maxEventTime: { _ in 900 })
+        #expect(free[0] == SourceOffset(partition: 0, offset: 10, maxEventTimeBefore: 900))
+    }
+
+    @Test func aCommittedStartIsThePositionBeforeAnythingIsConsumed() {
+        let tracker = OffsetCommitTracker(committed: [(offset: 42, maxEventTime: nil), nil])
+        #expect(tracker.position(of: 0) == 42)
+        #expect(tracker.position(of: 1) == nil)
+        #expect(tracker.offsetsToCommit(pending: { _ in nil }, maxEventTime: { _ in nil }).isEmpty)
     }
 }

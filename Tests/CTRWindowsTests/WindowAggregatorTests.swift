@@ -5,8 +5,8 @@ import Testing
     func t(_ ms: Int64) -> Timestamp { Timestamp(milliseconds: ms) }
 
     /// One partition, default rules (10 s windows, 2 s out-of-orderness, 5 s lateness).
-    func makeAggregator(partitions: Int = 1, restoreThrough: Timestamp? = nil) -> WindowAggregator {
-        WindowAggregator(configuration: WindowConfiguration(), partitionCount: partitions, now: t(0), restoreThrough: restoreThrough)
+    func makeAggregator(partitions: Int = 1) -> WindowAggregator {
+        WindowAggregator(configuration: WindowConfiguration(), partitionCount: partitions, now: t(0))
     }
 
     @Test func windowFiresOnceWhenTheWatermarkReachesItsEnd() {
@@ -23,7 +23,6 @@ import Testing
         #expect(emission.windowEnd == t(10_000))
         #expect(emission.rows == [WindowRow(product: 7, totals: .init(impressions: 1, clicks: 1), delta: .init(impressions: 1, clicks: 1), revision: 0)])
         #expect(emission.firstNewOffsets == [SourceOffset(partition: 0, offset: 0)])
-        #expect(emission.includedThrough == [SourceOffset(partition: 0, offset: 1)])
         #expect(windows.advance(now: t(3)).isEmpty, "fires once")
     }
 
@@ -104,21 +103,52 @@ import Testing
         #expect(resumed.ingest(.click, 1, at: t(5_000), from: 0, offset: 1) == .tooLate(windowStart: t(0)))
     }
 
-    @Test func restoredWindowsSkipWhatWasCountedAndContinueRevisions() {
-        var windows = makeAggregator(restoreThrough: t(0))
-        #expect(windows.ingest(.impression, 1, at: t(5_000), from: 0, offset: 5) == .needsRestore(windowStart: t(0)))
+    @Test func restoredProductsSkipWhatTheirRowReflectsAndContinueRevisions() {
+        var windows = makeAggregator(partitions: 2)
         windows.restore(
             windowStart: t(0),
-            rows: [RestoredRow(product: 1, totals: .init(impressions: 3, clicks: 1), revision: 2)],
-            includedThrough: [SourceOffset(partition: 0, offset: 6)]
+            rows: [
+                RestoredRow(product: 1, totals: .init(impressions: 3, clicks: 1), revision: 2, reflectedBefore: [7, 0]),
+                RestoredRow(product: 2, totals: .init(impressions: 1), revision: 0, reflectedBefore: [4, 0]),
+            ]
         )
         #expect(windows.ingest(.impression, 1, at: t(5_000), from: 0, offset: 5) == .alreadyCounted)
         #expect(windows.ingest(.click, 1, at: t(5_000), from: 0, offset: 6) == .alreadyCounted)
+        #expect(windows.ingest(.impression, 2, at: t(5_000), from: 0, offset: 5) == .counted, "product 2's row reflects less")
         #expect(windows.ingest(.click, 1, at: t(5_000), from: 0, offset: 7) == .counted)
+        #expect(windows.ingest(.click, 1, at: t(5_000), from: 1, offset: 0) == .counted, "nothing of partition 1 was reflected")
+        #expect(windows.ingest(.impression, 3, at: t(5_000), from: 0, offset: 1) == .counted, "a product without a row counts from scratch")
         #expect(windows.ingest(.impression, 1, at: t(12_500), from: 0, offset: 8) == .counted, "later windows start fresh")
+        #expect(windows.ingest(.impression, 1, at: t(12_500), from: 1, offset: 1) == .counted)
         let emissions = windows.advance(now: t(1))
-        #expect(emissions.first?.rows == [WindowRow(product: 1, totals: .init(impressions: 3, clicks: 2), delta: .init(impressions: 0, clicks: 1), revision: 3)])
-        #expect(emissions.first?.includedThrough == [SourceOffset(partition: 0, offset: 7)])
+        #expect(
+            emissions.first?.rows == [
+                WindowRow(product: 1, totals: .init(impressions: 3, clicks: 3), delta: .init(impressions: 0, clicks: 2), revision: 3),
+                WindowRow(product: 2, totals: .init(impressions: 2), delta: .init(impressions: 1), revision: 1),
+                WindowRow(product: 3, totals: .init(impressions: 1), delta: .init(impressions: 1), revision: 0),
+            ]
+        )
+    }
+
+    @Test func revenueThatWouldOverflowTheWindowIsRefused() {
+        var windows = makeAggregator()
+        let big = WindowCounts.maximumRevenueMicros / 2 + 1
+        #expect(windows.ingest(.click, 1, at: t(1_000), from: 0, offset: 0, revenueMicros: big) == .counted)
+        #expect(windows.ingest(.click, 1, at: t(1_000), from: 0, offset: 1, revenueMicros: big) == .revenueOverflow(windowStart: t(0)))
+        #expect(windows.ingest(.click, 2, at: t(1_000), from: 0, offset: 2, revenueMicros: big) == .counted, "another product's window is fine")
+        _ = windows.ingest(.impression, 1, at: t(20_000), from: 0, offset: 3)
+        #expect(windows.advance(now: t(1)).first?.rows.map(\.totals.revenueMicros) == [big, big])
+    }
+
+    @Test func productsOfExpiredWindowsAreReleased() {
+        var windows = makeAggregator()
+        _ = windows.ingest(.impression, 1, at: t(1_000), from: 0, offset: 0)
+        _ = windows.ingest(.impression, 2, at: t(1_000), from: 0, offset: 1)
+        _ = windows.ingest(.impression, 2, at: t(11_000), from: 0, offset: 2)
+        _ = windows.ingest(.impression, 3, at: t(17_500), from: 0, offset: 3)
+        _ = windows.advance(now: t(1))
+        #expect(windows.takeReleasedProducts().sorted() == [1], "product 2 is still in window [10 s, 20 s)")
+        #expect(windows.openProductCount == 2)
     }
 
     @Test func rowsOfAnEmissionAreOrderedByProduct() {

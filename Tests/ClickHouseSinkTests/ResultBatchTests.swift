@@ -3,7 +3,7 @@ import Testing
 
 @testable import ClickHouseSink
 
-@Suite struct InsertBatchTests {
+@Suite struct ResultBatchTests {
     @Test func formatsUTCDateTimes() {
         #expect(DateTimeText.format(0) == "1970-01-01 00:00:00")
         #expect(DateTimeText.format(1_700_000_000) == "2023-11-14 22:13:20")
@@ -27,23 +27,37 @@ import Testing
         #expect(DecimalText.micros("x") == nil)
     }
 
+    @Test func integersAreWrittenExactly() {
+        for value: UInt64 in [0, 7, 10, 99, 1_000_000, UInt64.max] {
+            var bytes: [UInt8] = []
+            DecimalText.appendInteger(value, to: &bytes)
+            #expect(String(decoding: bytes, as: UTF8.self) == String(value))
+        }
+    }
+
+    @Test func tabSeparatedUnescapesByteForByte() {
+        #expect(TabSeparated.unescape("a\\tb\\nc\\\\d\\'e") == "a\tb\nc\\d'e")
+        #expect(Array(TabSeparated.unescape("\\t\u{301}x").unicodeScalars) == ["\t", "\u{301}", "x"], "a combining mark after an escape")
+        #expect(TabSeparated.unescape("plain") == "plain")
+    }
+
     @Test func daysFollowWindowEnd() {
-        #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_400_000)) == 1)
-        #expect(InsertBatch.day(of: Timestamp(milliseconds: 86_399_999)) == 0)
+        #expect(ResultBatch.day(of: Timestamp(milliseconds: 86_400_000)) == 1)
+        #expect(ResultBatch.day(of: Timestamp(milliseconds: 86_399_999)) == 0)
     }
 
     @Test func encodesRowsAsJSONEachRow() {
-        var batch = InsertBatch(id: "b-1", sequence: 0, day: InsertBatch.day(of: Timestamp(milliseconds: 1_700_000_010_000)))
+        var batch = ResultBatch(id: "b-1", sequence: 0, generation: 3, day: ResultBatch.day(of: Timestamp(milliseconds: 1_700_000_010_000)))
         batch.append(
             ResultRow(
                 productID: "a\"b\\c\n", windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: Timestamp(milliseconds: 1_700_000_010_000),
                 totals: WindowCounts(impressions: 4, clicks: 1), delta: WindowCounts(impressions: 1, clicks: 0), revision: 2,
-                emittedAt: Timestamp(milliseconds: 1_700_000_020_500), sources: SourceOffsets([(name: "impressions:0", offset: 7)])
+                emittedAt: Timestamp(milliseconds: 1_700_000_020_500)
             )
         )
-        let text = String(decoding: batch.body, as: UTF8.self)
+        let text = String(decoding: ResultRowEncoder.jsonEachRow(batch), as: UTF8.self)
         #expect(
-            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"conversions":0,"conversions_delta":0,"revenue":0,"revenue_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","source_partitions":["impressions:0"],"source_offsets":[7],"batch_id":"b-1"}"# + "\n"
+            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"conversions":0,"conversions_delta":0,"revenue":0,"revenue_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","batch_id":"b-1"}"# + "\n"
         )
         #expect(batch.rowCount == 1)
         #expect(batch.windowEndRange == 1_700_000_010...1_700_000_010)

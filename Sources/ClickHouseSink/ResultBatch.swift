@@ -1,22 +1,23 @@
 import CTRWindows
 
-/// One row of `ctr_results_raw`, ready to write.
+/// One row of `ctr_results_raw`, ready to write: a product's counts in a window as of one
+/// emission.
 public struct ResultRow: Sendable, Hashable {
+    /// The product id, byte for byte as received.
     public var productID: String
     public var windowStart: Timestamp
     public var windowEnd: Timestamp
+    /// Cumulative counts of the window as of this emission.
     public var totals: WindowCounts
+    /// Change since the previous emission of the same (product, window).
     public var delta: WindowCounts
     public var revision: UInt32
     /// Processing time of the emission.
     public var emittedAt: Timestamp
-    /// `topic:partition` of every partition that fed the window, with the highest offset its
-    /// counts reflect (see ``WindowEmission/includedThrough``).
-    public var sources: SourceOffsets
 
     public init(
         productID: String, windowStart: Timestamp, windowEnd: Timestamp, totals: WindowCounts, delta: WindowCounts,
-        revision: UInt32, emittedAt: Timestamp, sources: SourceOffsets
+        revision: UInt32, emittedAt: Timestamp
     ) {
         self.productID = productID
         self.windowStart = windowStart
@@ -25,79 +26,67 @@ public struct ResultRow: Sendable, Hashable {
         self.delta = delta
         self.revision = revision
         self.emittedAt = emittedAt
-        self.sources = sources
     }
 
     public static func == (lhs: ResultRow, rhs: ResultRow) -> Bool {
-        lhs.productID == rhs.productID && lhs.windowStart == rhs.windowStart && lhs.windowEnd == rhs.windowEnd
-            && lhs.totals == rhs.totals && lhs.delta == rhs.delta && lhs.revision == rhs.revision
-            && lhs.emittedAt == rhs.emittedAt && lhs.sources == rhs.sources
+        lhs.productID.utf8.elementsEqual(rhs.productID.utf8) && lhs.windowStart == rhs.windowStart
+            && lhs.windowEnd == rhs.windowEnd && lhs.totals == rhs.totals && lhs.delta == rhs.delta
+            && lhs.revision == rhs.revision && lhs.emittedAt == rhs.emittedAt
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(productID)
+        hasher.combine(ProductKey(productID))
         hasher.combine(windowStart)
         hasher.combine(revision)
     }
 }
 
-/// The `source_partitions` and `source_offsets` of the rows of one emission, encoded once.
-public struct SourceOffsets: Sendable, Hashable {
-    public let sources: [String]
-    public let offsets: [Int64]
-    let partitionsJSON: [UInt8]
-    let offsetsJSON: [UInt8]
+/// The consumer position of one source partition: every message below `nextOffset` was
+/// consumed and reflected in the windows before the emission that carries it.
+public struct PartitionPosition: Sendable, Hashable {
+    /// `topic:partition`.
+    public var partition: String
+    /// The next offset to consume.
+    public var nextOffset: Int64
 
-    public init(_ sources: [(name: String, offset: Int64)]) {
-        self.sources = sources.map(\.name)
-        self.offsets = sources.map(\.offset)
-        var partitions: [UInt8] = [UInt8(ascii: "[")]
-        for (index, source) in sources.enumerated() {
-            if index > 0 { partitions.append(UInt8(ascii: ",")) }
-            JSONText.appendString(source.name, to: &partitions)
-        }
-        partitions.append(UInt8(ascii: "]"))
-        partitionsJSON = partitions
-        offsetsJSON = Array(("[" + sources.map { String($0.offset) }.joined(separator: ",") + "]").utf8)
-    }
-
-    public static func == (lhs: SourceOffsets, rhs: SourceOffsets) -> Bool {
-        lhs.sources == rhs.sources && lhs.offsets == rhs.offsets
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(sources)
-        hasher.combine(offsets)
+    public init(partition: String, nextOffset: Int64) {
+        self.partition = partition
+        self.nextOffset = nextOffset
     }
 }
 
-/// Rows written by one `INSERT`, encoded as `JSONEachRow`.
+/// The rows one `INSERT` writes, with what they reflect.
 ///
-/// All rows of a batch fall on the same UTC day of `window_end`, so that the insert touches one
-/// partition of `ctr_results_raw` and is atomic on every ClickHouse version (an insert of fewer
-/// than `max_insert_block_size` rows into one partition is written as one part, or not at all).
-/// Every row carries the batch's ``id`` in `batch_id`, which lets a retry find out whether an
-/// earlier attempt landed.
-public struct InsertBatch: Sendable {
+/// - All rows fall on the same UTC day of `window_end` and number at most the batch cap, so that
+///   the insert is one part of one partition of `ctr_results_raw`: all or nothing.
+/// - ``positions`` is the batch's provenance, written once per batch (in `ctr_batches`, before
+///   the rows): every row of the batch reflects every event of its (product, window) at an offset
+///   below the position of the event's partition. Recovery relies on it (see
+///   `docs/exactly-once.md`).
+public struct ResultBatch: Sendable, Equatable {
     /// Unique id of the batch, also the prefix of its `query_id`s.
     public let id: String
     /// Sequence number in the order batches were created (used for offset commits).
     public let sequence: UInt64
+    /// The consumer-group generation whose assignment produced the batch: a later generation's
+    /// fence refuses it.
+    public let generation: Int32
     /// UTC day (days since the epoch) of every row's `window_end`.
     public let day: Int64
-    public private(set) var rowCount = 0
-    public private(set) var body: [UInt8] = []
-    /// Lowest and highest `window_end` of the rows, in epoch seconds.
-    public private(set) var windowEndRange: ClosedRange<Int64>?
-    /// When the first row was appended: the result latency of the batch runs from here to
-    /// ClickHouse's acknowledgement.
-    public private(set) var firstRowAt: ContinuousClock.Instant?
+    public private(set) var rows: [ResultRow] = []
+    /// Consumer positions of every assigned partition at the batch's last emission.
+    public var positions: [PartitionPosition] = []
+    /// Processing time at which the first row was added (the result latency runs from here).
+    public private(set) var firstRowAt: Timestamp?
 
-    public init(id: String, sequence: UInt64, day: Int64) {
+    public init(id: String, sequence: UInt64, generation: Int32, day: Int64) {
         self.id = id
         self.sequence = sequence
+        self.generation = generation
         self.day = day
     }
+
+    public var rowCount: Int { rows.count }
 
     /// UTC day of `time` (days since 1970-01-01).
     public static func day(of time: Timestamp) -> Int64 {
@@ -108,45 +97,63 @@ public struct InsertBatch: Sendable {
     /// Appends `row`, which must fall on ``day``.
     public mutating func append(_ row: ResultRow) {
         precondition(Self.day(of: row.windowEnd) == day, "rows of a batch share the UTC day of window_end")
-        let end = row.windowEnd.epochSeconds
-        if firstRowAt == nil { firstRowAt = .now }
-        windowEndRange = windowEndRange.map { min($0.lowerBound, end)...max($0.upperBound, end) } ?? end...end
-        rowCount += 1
+        if firstRowAt == nil { firstRowAt = row.emittedAt }
+        rows.append(row)
+    }
+
+    /// Lowest and highest `window_end` of the rows, in epoch seconds.
+    public var windowEndRange: ClosedRange<Int64>? {
+        guard let first = rows.first else { return nil }
+        var range = first.windowEnd.epochSeconds...first.windowEnd.epochSeconds
+        for row in rows.dropFirst() {
+            let end = row.windowEnd.epochSeconds
+            if end < range.lowerBound { range = end...range.upperBound } else if end > range.upperBound { range = range.lowerBound...end }
+        }
+        return range
+    }
+}
+
+/// `JSONEachRow` text of result rows, in the columns of ``ResultsTable/rowColumns``.
+public enum ResultRowEncoder {
+    /// The body of an insert of `batch`'s rows.
+    public static func jsonEachRow(_ batch: ResultBatch) -> [UInt8] {
+        var body: [UInt8] = []
+        body.reserveCapacity(batch.rowCount * 300)
+        for row in batch.rows { append(row, batchID: batch.id, to: &body) }
+        return body
+    }
+
+    static func append(_ row: ResultRow, batchID: String, to body: inout [UInt8]) {
         body.append(contentsOf: #"{"product_id":"#.utf8)
         JSONText.appendString(row.productID, to: &body)
         body.append(contentsOf: #","window_start":""#.utf8)
         DateTimeText.append(row.windowStart.epochSeconds, to: &body)
         body.append(contentsOf: #"","window_end":""#.utf8)
-        DateTimeText.append(end, to: &body)
-        body.append(contentsOf: #"","impressions":"#.utf8)
-        body.append(contentsOf: String(row.totals.impressions).utf8)
-        body.append(contentsOf: #","clicks":"#.utf8)
-        body.append(contentsOf: String(row.totals.clicks).utf8)
+        DateTimeText.append(row.windowEnd.epochSeconds, to: &body)
+        appendField(#"","impressions":"#, row.totals.impressions, &body)
+        appendField(#","clicks":"#, row.totals.clicks, &body)
         body.append(contentsOf: #","ctr":"#.utf8)
         body.append(contentsOf: String(row.totals.clickThroughRate).utf8)
-        body.append(contentsOf: #","impressions_delta":"#.utf8)
-        body.append(contentsOf: String(row.delta.impressions).utf8)
-        body.append(contentsOf: #","clicks_delta":"#.utf8)
-        body.append(contentsOf: String(row.delta.clicks).utf8)
-        body.append(contentsOf: #","conversions":"#.utf8)
-        body.append(contentsOf: String(row.totals.conversions).utf8)
-        body.append(contentsOf: #","conversions_delta":"#.utf8)
-        body.append(contentsOf: String(row.delta.conversions).utf8)
+        appendField(#","impressions_delta":"#, row.delta.impressions, &body)
+        appendField(#","clicks_delta":"#, row.delta.clicks, &body)
+        appendField(#","conversions":"#, row.totals.conversions, &body)
+        appendField(#","conversions_delta":"#, row.delta.conversions, &body)
         body.append(contentsOf: #","revenue":"#.utf8)
         DecimalText.append(micros: row.totals.revenueMicros, to: &body)
         body.append(contentsOf: #","revenue_delta":"#.utf8)
         DecimalText.append(micros: row.delta.revenueMicros, to: &body)
-        body.append(contentsOf: #","revision":"#.utf8)
-        body.append(contentsOf: String(row.revision).utf8)
+        appendField(#","revision":"#, UInt64(row.revision), &body)
         body.append(contentsOf: #","emitted_at":""#.utf8)
         DateTimeText.append(row.emittedAt.epochSeconds, to: &body)
-        body.append(contentsOf: #"","source_partitions":"#.utf8)
-        body.append(contentsOf: row.sources.partitionsJSON)
-        body.append(contentsOf: #","source_offsets":"#.utf8)
-        body.append(contentsOf: row.sources.offsetsJSON)
-        body.append(contentsOf: #","batch_id":"#.utf8)
-        JSONText.appendString(id, to: &body)
+        body.append(contentsOf: #"","batch_id":"#.utf8)
+        JSONText.appendString(batchID, to: &body)
         body.append(contentsOf: "}\n".utf8)
+    }
+
+    @inline(__always)
+    private static func appendField(_ name: StaticString, _ value: UInt64, _ body: inout [UInt8]) {
+        body.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        DecimalText.appendInteger(value, to: &body)
     }
 }
 
@@ -183,14 +190,40 @@ enum JSONText {
 
 /// Exact decimal text of micro-units, as ClickHouse reads `Decimal(18, 6)`.
 public enum DecimalText {
+    /// Appends the decimal digits of `value`.
+    public static func appendInteger(_ value: UInt64, to body: inout [UInt8]) {
+        if value < 10 {
+            body.append(UInt8(ascii: "0") + UInt8(value))
+            return
+        }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // room for UInt64.max's 20 digits
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            var remaining = value
+            var index = buffer.count
+            while remaining > 0 {
+                index -= 1
+                buffer[index] = UInt8(ascii: "0") + UInt8(remaining % 10)
+                remaining /= 10
+            }
+            body.append(contentsOf: buffer[index...])
+        }
+    }
+
     public static func append(micros: UInt64, to body: inout [UInt8]) {
-        body.append(contentsOf: String(micros / 1_000_000).utf8)
+        appendInteger(micros / 1_000_000, to: &body)
         let fraction = micros % 1_000_000
         guard fraction > 0 else { return }
         let digits = String(fraction)
         body.append(UInt8(ascii: "."))
         body.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: 6 - digits.utf8.count))
         body.append(contentsOf: digits.utf8)
+    }
+
+    /// The exact decimal text of `micros`.
+    public static func string(micros: UInt64) -> String {
+        var bytes: [UInt8] = []
+        append(micros: micros, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Micro-units of a non-negative decimal text such as `12.5` or `3.000001`.

@@ -1,0 +1,541 @@
+import ClickHouseSink
+import CTRWindows
+import Ingest
+
+/// Why the aggregator stopped with an error.
+public struct PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The aggregator's protocol logic as a pure state machine: consumer-group assignments and
+/// their recovery, counting, batching, backpressure and offset commits.
+///
+/// The driver (``AggregatorPipeline``) feeds it what happened: rebalance events, consumed
+/// messages (already decoded), the end of each poll with processing time, sink completions,
+/// commit results. It performs the returned ``Action``s and reports their results back. The
+/// machine does no I/O and reads no clock, so every rule is testable without servers.
+///
+/// Lifecycle of an assignment (librdkafka's eager protocol: every rebalance revokes everything):
+/// 1. ``assigned(_:generation:now:)``: the partitions arrive paused → ``Action/recover(generation:partitions:)``:
+///    fence earlier generations in the store and read the committed offsets.
+/// 2. ``committedOffsetsRead(_:now:)`` → ``Action/restore(_:)``: read back the durable windows that
+///    can still receive events.
+/// 3. ``restored(_:now:)`` → ``Action/resume(_:)``: consume. Emissions are held until every
+///    partition's position has reached what the restored rows reflect (the restore frontier),
+///    so the one position vector written per batch is true for every row of it.
+/// 4. ``revoked(lost:)`` → ``Action/cancelBatches(generationsBelow:)``: everything of the
+///    assignment is dropped and nothing more is written or committed for it; the next owner
+///    recovers from the store.
+public struct PipelineStateMachine: Sendable {
+    /// The rules the machine applies.
+    public struct Configuration: Sendable {
+        public var windows: WindowConfiguration
+        /// Rows that make a batch full (a batch never has more).
+        public var batchMaxRows: Int
+        /// Longest time (ms of processing time) a row waits in an open batch.
+        public var batchMaxDelay: Milliseconds
+        /// Rows waiting for ClickHouse above which consuming pauses; it resumes below half.
+        public var bufferMaxRows: Int
+        /// How often (ms of processing time) offsets are committed when they moved.
+        public var commitInterval: Milliseconds
+        /// Identifies this writer in batch ids.
+        public var writer: String
+        /// The subscribed topics, in subscription order, with what their messages are.
+        public var topics: [(name: String, shape: EventShape)]
+
+        public init(
+            windows: WindowConfiguration, batchMaxRows: Int, batchMaxDelay: Milliseconds, bufferMaxRows: Int, commitInterval: Milliseconds,
+            writer: String, topics: [(name: String, shape: EventShape)]
+        ) {
+            self.windows = windows
+            self.batchMaxRows = batchMaxRows
+            self.batchMaxDelay = batchMaxDelay
+            self.bufferMaxRows = bufferMaxRows
+            self.commitInterval = commitInterval
+            self.writer = writer
+            self.topics = topics
+        }
+    }
+
+    /// What the driver must do.
+    public enum Action: Sendable, Equatable {
+        /// Fence writers of earlier generations in the store (and wait for their running
+        /// inserts), then read the committed offsets of `partitions` and report them with
+        /// ``committedOffsetsRead(_:now:)``.
+        case recover(generation: Int32, partitions: [TopicPartition])
+        /// Read back durable windows and report them with ``restored(_:now:)``.
+        case restore(RestoreRequest)
+        /// Start fetching these partitions.
+        case resume([TopicPartition])
+        /// Stop fetching these partitions (the group membership stays).
+        case pause([TopicPartition])
+        /// Queue the batch for writing.
+        case submit(ResultBatch)
+        /// Drop queued batches of generations below this one: never write them.
+        case cancelBatches(generationsBelow: Int32)
+        /// Commit these positions (next offset to consume, with ``CommitMetadata`` text), then
+        /// report ``commitSucceeded(_:)`` or ``commitFailed()``.
+        case commit([TopicPartition: KafkaConsumer.CommittedOffset])
+        /// Stop the aggregator with this error.
+        case fail(PipelineError)
+    }
+
+    /// What to do with one consumed message.
+    public enum MessageVerdict: Sendable, Equatable {
+        case handled
+        /// Send the message to the dead-letter topic.
+        case deadLetter(Rejection)
+    }
+
+    enum Phase: Sendable, Equatable {
+        /// No partitions.
+        case unassigned
+        /// Waiting for ``committedOffsetsRead(_:now:)``.
+        case readingCommittedOffsets
+        /// Waiting for ``restored(_:now:)``.
+        case restoring
+        /// Consuming.
+        case running
+        /// A batch of this generation was fenced: another member owns the partitions now and
+        /// the revocation has not arrived yet. Nothing is emitted or committed.
+        case deposed
+        /// Failed; nothing more happens.
+        case failed
+    }
+
+    struct Assignment: Sendable {
+        var generation: Int32
+        var partitions: [TopicPartition]
+        var names: [String]
+        /// Source partition by subscription topic index and partition number.
+        var sources: [[SourcePartition?]]
+        var shapes: [EventShape]
+        var windows: WindowAggregator
+        var tracker: OffsetCommitTracker
+        /// Per partition, the position below which restored rows may reflect events: no
+        /// emission until every partition's position reached it.
+        var restoreFrontier: [Int64]
+        var holdingEmissions: Bool
+    }
+
+    public let configuration: Configuration
+    private(set) var phase: Phase = .unassigned
+    private var assignment: Assignment?
+    private var catalog = ProductCatalog()
+    private var openBatch: ResultBatch?
+    private var openBatchCreatedAt: Int64 = 0
+    private var nextSequence: UInt64 = 0
+    private var lastCommitAt: Int64 = 0
+    private var commitInFlight = false
+    /// The positions of the commit in flight.
+    private var pendingCommit: [SourcePartition: SourceOffset] = [:]
+    /// The first batch sequence of the current assignment: lower ones belong to earlier ones.
+    private var assignmentFirstSequence: UInt64 = 0
+    private var paused = false
+    private var bufferedRows = 0
+    /// Counters published as metrics after every poll.
+    public private(set) var counters = PipelineCounters()
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// The pipeline watermark, if the assignment has one.
+    public var watermark: Timestamp? { assignment?.windows.watermark }
+
+    /// The assigned partitions and their consumer positions (next offset), for lag metrics.
+    public var positions: [(partition: TopicPartition, position: Int64?)] {
+        guard let assignment else { return [] }
+        return assignment.partitions.indices.map { (assignment.partitions[$0], assignment.tracker.position(of: $0)) }
+    }
+
+    // MARK: Assignment and recovery
+
+    /// The group assigned `partitions` (paused) in `generation`.
+    public mutating func assigned(_ partitions: [TopicPartition], generation: Int32, now: Timestamp) -> [Action] {
+        guard phase != .failed else { return [] }
+        var actions: [Action] = []
+        if assignment != nil { actions += revoked(lost: false) }
+        guard !partitions.isEmpty else { return actions }
+        guard generation >= 0 else {
+            phase = .failed
+            return actions + [.fail(PipelineError("the Kafka client reported no consumer-group generation for the assignment"))]
+        }
+        var sources: [[SourcePartition?]] = configuration.topics.map { topic in
+            Array(repeating: nil, count: Int(partitions.filter { $0.topic == topic.name }.map(\.partition).max() ?? -1) + 1)
+        }
+        for (index, partition) in partitions.enumerated() {
+            if let topic = configuration.topics.firstIndex(where: { $0.name == partition.topic }) {
+                sources[topic][Int(partition.partition)] = index
+            }
+        }
+        assignment = Assignment(
+            generation: generation,
+            partitions: partitions,
+            names: partitions.map(\.description),
+            sources: sources,
+            shapes: partitions.map { partition in configuration.topics.first { $0.name == partition.topic }?.shape ?? .kind(.impression) },
+            windows: WindowAggregator(configuration: configuration.windows, partitionCount: partitions.count, now: now),
+            tracker: OffsetCommitTracker(committed: Array(repeating: nil, count: partitions.count)),
+            restoreFrontier: Array(repeating: 0, count: partitions.count),
+            holdingEmissions: false
+        )
+        assignmentFirstSequence = nextSequence
+        phase = .readingCommittedOffsets
+        return actions + [.cancelBatches(generationsBelow: generation), .recover(generation: generation, partitions: partitions)]
+    }
+
+    /// The committed positions of the assigned partitions (absent: nothing committed).
+    public mutating func committedOffsetsRead(_ committed: [TopicPartition: KafkaConsumer.CommittedOffset], now: Timestamp) -> [Action] {
+        guard phase == .readingCommittedOffsets, var assignment else { preconditionFailure("committed offsets read in phase \(phase)") }
+        var positions: [(offset: Int64, maxEventTime: Int64?)?] = []
+        var lowestWatermark: Int64?
+        var withoutHistory: [String] = []
+        for (index, partition) in assignment.partitions.enumerated() {
+            guard let offset = committed[partition] else {
+                positions.append(nil)
+                withoutHistory.append(assignment.names[index])
+                continue
+            }
+            let maxEventTime = CommitMetadata(text: offset.metadata)?.maxEventTime
+            positions.append((offset.offset, maxEventTime))
+            if let maxEventTime {
+                // Resume the partition's watermark where the committed position left it, so the
+                // replay judges lateness as the first run did.
+                assignment.windows.restoreWatermark(of: index, maxEventTime: Timestamp(milliseconds: maxEventTime))
+                let partitionWatermark = maxEventTime - configuration.windows.outOfOrderness.value
+                lowestWatermark = min(lowestWatermark ?? partitionWatermark, partitionWatermark)
+            } else {
+                withoutHistory.append(assignment.names[index])
+            }
+        }
+        assignment.tracker = OffsetCommitTracker(committed: positions)
+        _ = assignment.windows.advance(now: now, holdEmissions: true)
+        self.assignment = assignment
+        phase = .restoring
+        // Windows ending at or before this bound cannot receive a counted event any more.
+        let bound = lowestWatermark.map { Timestamp(milliseconds: $0 - configuration.windows.allowedLateness.value) }
+        return [.restore(RestoreRequest(partitions: assignment.names, windowEndAfter: bound, partitionsWithoutHistory: withoutHistory))]
+    }
+
+    /// The durable rows read back for the assignment: install them and start consuming.
+    public mutating func restored(_ rows: [StoredWindowRow], now: Timestamp) -> [Action] {
+        guard phase == .restoring, var assignment else { preconditionFailure("restored in phase \(phase)") }
+        var byWindow: [Timestamp: [RestoredRow]] = [:]
+        for row in rows {
+            var reflected = Array(repeating: Int64(0), count: assignment.partitions.count)
+            for (index, name) in assignment.names.enumerated() {
+                guard let position = row.reflectedBefore[name] else { continue }
+                reflected[index] = position
+                assignment.restoreFrontier[index] = max(assignment.restoreFrontier[index], position)
+            }
+            let product = catalog.id(for: row.productID)
+            byWindow[row.windowStart, default: []].append(RestoredRow(product: product, totals: row.totals, revision: row.revision, reflectedBefore: reflected))
+        }
+        for (start, rows) in byWindow { assignment.windows.restore(windowStart: start, rows: rows) }
+        counters.windowsRestored += byWindow.count
+        assignment.holdingEmissions = !Self.reachedFrontier(assignment)
+        self.assignment = assignment
+        phase = .running
+        lastCommitAt = now.milliseconds
+        return paused ? [] : [.resume(assignment.partitions)]
+    }
+
+    private static func reachedFrontier(_ assignment: Assignment) -> Bool {
+        assignment.restoreFrontier.indices.allSatisfy { index in
+            assignment.restoreFrontier[index] <= (assignment.tracker.position(of: index) ?? 0)
+        }
+    }
+
+    /// The group took the partitions away (`lost`: without this member's participation).
+    /// Everything of the assignment is dropped: queued and open batches are never written,
+    /// nothing more is committed. The next owner recovers from the store.
+    public mutating func revoked(lost: Bool) -> [Action] {
+        guard let assignment else { return [] }
+        self.assignment = nil
+        openBatch = nil
+        paused = false
+        commitInFlight = false
+        if phase != .failed { phase = .unassigned }
+        catalog = ProductCatalog()
+        return [.cancelBatches(generationsBelow: assignment.generation &+ 1)]
+    }
+
+    // MARK: Messages
+
+    /// One consumed message of subscription topic `topicIndex`, decoded (or refused) by the
+    /// driver. Messages of a partition arrive in offset order.
+    public mutating func consumed(
+        topicIndex: Int, partition: Int32, offset: Int64, _ decoded: Result<DecodedEvent, Rejection>
+    ) -> MessageVerdict {
+        guard phase == .running, assignment != nil, topicIndex >= 0, topicIndex < assignment!.sources.count,
+            Int(partition) < assignment!.sources[topicIndex].count, let source = assignment!.sources[topicIndex][Int(partition)]
+        else { return .handled }
+        let shape = assignment!.shapes[source]
+        defer { assignment!.tracker.consumed(source, offset: offset) }
+        switch decoded {
+        case .failure(let rejection):
+            counters.recordConsumed(shape.primaryKind)
+            counters.rejected[rejection.reason, default: 0] += 1
+            return .deadLetter(rejection)
+        case .success(let event):
+            let product = catalog.id(for: event.productID)
+            switch shape {
+            case .kind(let kind):
+                return count(kind, product, event, revenueMicros: event.revenueMicros, source: source, offset: offset)
+            case .impressionWithClickFlag:
+                let impression = count(.impression, product, event, revenueMicros: 0, source: source, offset: offset)
+                // The click has the impression's time: when that is refused, one dead letter covers both.
+                guard event.clicked, impression == .handled else { return impression }
+                return count(.click, product, event, revenueMicros: event.revenueMicros, source: source, offset: offset)
+            }
+        }
+    }
+
+    private mutating func count(
+        _ kind: EventKind, _ product: ProductID, _ event: DecodedEvent, revenueMicros: UInt64, source: SourcePartition, offset: Int64
+    ) -> MessageVerdict {
+        counters.recordConsumed(kind)
+        switch assignment!.windows.ingest(kind, product, at: event.timestamp, from: source, offset: offset, revenueMicros: revenueMicros) {
+        case .counted:
+            return .handled
+        case .lateUpdate:
+            counters.lateUpdates += 1
+            return .handled
+        case .alreadyCounted:
+            counters.alreadyCounted += 1
+            return .handled
+        case .tooLate(let windowStart):
+            let end = windowStart + configuration.windows.windowSize
+            let watermark = assignment!.windows.watermark?.milliseconds ?? 0
+            counters.rejected[.tooLate, default: 0] += 1
+            return .deadLetter(
+                Rejection(
+                    .tooLate,
+                    "event time \(event.timestamp.milliseconds) ms falls in window [\(windowStart.milliseconds), \(end.milliseconds)) ms, "
+                        + "closed: watermark \(watermark) ms >= window end + allowed lateness \(configuration.windows.allowedLateness.value) ms"
+                )
+            )
+        case .revenueOverflow(let windowStart):
+            counters.rejected[.invalidRevenue, default: 0] += 1
+            return .deadLetter(
+                Rejection(
+                    .invalidRevenue,
+                    "revenue \(DecimalText.string(micros: revenueMicros)) would take the revenue of product window "
+                        + "[\(windowStart.milliseconds) ms) beyond Decimal(18, 6)'s 999999999999.999999"
+                )
+            )
+        }
+    }
+
+    // MARK: Time, batches, commits
+
+    /// What the driver observed besides messages since the last poll.
+    public struct PollObservation: Sendable {
+        /// Processing time now.
+        public var now: Timestamp
+        /// Rows submitted to the sink and not yet written.
+        public var sinkBufferedRows: Int
+        /// Assigned partitions that may have data this consumer has not read (a known backlog,
+        /// or the broker reported trouble): they must not become idle.
+        public var partitionsWithBacklog: Set<TopicPartition>
+        /// Whether the Kafka client reported trouble (all partitions count as possibly behind).
+        public var sourceTrouble: Bool
+        /// Per partition, the lowest offset whose dead letter the broker has not acknowledged.
+        public var deadLettersPendingFrom: [TopicPartition: Int64]
+
+        public init(
+            now: Timestamp, sinkBufferedRows: Int = 0, partitionsWithBacklog: Set<TopicPartition> = [], sourceTrouble: Bool = false,
+            deadLettersPendingFrom: [TopicPartition: Int64] = [:]
+        ) {
+            self.now = now
+            self.sinkBufferedRows = sinkBufferedRows
+            self.partitionsWithBacklog = partitionsWithBacklog
+            self.sourceTrouble = sourceTrouble
+            self.deadLettersPendingFrom = deadLettersPendingFrom
+        }
+    }
+
+    /// The end of a poll: moves processing time, emits due windows into batches, submits full
+    /// or old batches, commits when due, and pauses or resumes consumption for backpressure.
+    public mutating func pollFinished(_ observation: PollObservation) -> [Action] {
+        guard phase == .running, assignment != nil else { return [] }
+        let now = observation.now
+        bufferedRows = observation.sinkBufferedRows
+        var actions: [Action] = []
+        for index in assignment!.partitions.indices
+        where paused || observation.sourceTrouble || observation.partitionsWithBacklog.contains(assignment!.partitions[index]) {
+            assignment!.windows.keepActive(index)
+        }
+        if assignment!.holdingEmissions, Self.reachedFrontier(assignment!) { assignment!.holdingEmissions = false }
+        let emissions = assignment!.windows.advance(now: now, holdEmissions: assignment!.holdingEmissions)
+        if !emissions.isEmpty { add(emissions, at: now, into: &actions) }
+        for product in assignment!.windows.takeReleasedProducts() { catalog.release(product) }
+        if let batch = openBatch, batch.rowCount > 0, now.milliseconds - openBatchCreatedAt >= configuration.batchMaxDelay.value {
+            submitOpenBatch(into: &actions)
+        }
+        if now.milliseconds - lastCommitAt >= configuration.commitInterval.value, let commit = commitAction(observation) {
+            actions.append(commit)
+        }
+        applyBackpressure(into: &actions)
+        counters.openWindows = assignment!.windows.openWindowCount
+        counters.watermarkMilliseconds = assignment!.windows.watermark?.milliseconds
+        counters.wallClockMilliseconds = now.milliseconds
+        counters.bufferedRows = bufferedRows + (openBatch?.rowCount ?? 0)
+        counters.paused = paused
+        return actions
+    }
+
+    private mutating func add(_ emissions: [WindowEmission], at now: Timestamp, into actions: inout [Action]) {
+        for emission in emissions {
+            let day = ResultBatch.day(of: emission.windowEnd)
+            counters.recordEmission(rows: emission.rows)
+            var dependentBatch: UInt64?
+            for row in emission.rows {
+                if let batch = openBatch, batch.day != day || batch.rowCount >= configuration.batchMaxRows {
+                    submitOpenBatch(into: &actions)
+                }
+                if openBatch == nil { openNewBatch(day: day, now: now) }
+                if dependentBatch != openBatch!.sequence {
+                    dependentBatch = openBatch!.sequence
+                    assignment!.tracker.batch(openBatch!.sequence, dependsOn: emission.firstNewOffsets)
+                }
+                openBatch!.append(
+                    ResultRow(
+                        productID: catalog.name(of: row.product), windowStart: emission.windowStart, windowEnd: emission.windowEnd,
+                        totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now
+                    )
+                )
+            }
+        }
+        // Every row of the open batch reflects everything consumed so far of its
+        // (product, window): the positions now are the batch's provenance.
+        let positions = currentPositions()
+        openBatch?.positions = positions
+    }
+
+    private mutating func openNewBatch(day: Int64, now: Timestamp) {
+        let generation = assignment!.generation
+        var batch = ResultBatch(
+            id: "\(ClickHouseResultsStore.queryPrefix(writer: configuration.writer))g\(generation)-\(nextSequence)",
+            sequence: nextSequence, generation: generation, day: day
+        )
+        batch.positions = currentPositions()
+        openBatch = batch
+        nextSequence += 1
+        openBatchCreatedAt = now.milliseconds
+    }
+
+    private func currentPositions() -> [PartitionPosition] {
+        guard let assignment else { return [] }
+        return assignment.names.indices.map { index in
+            PartitionPosition(
+                partition: assignment.names[index],
+                nextOffset: max(assignment.tracker.position(of: index) ?? 0, assignment.restoreFrontier[index])
+            )
+        }
+    }
+
+    private mutating func submitOpenBatch(into actions: inout [Action]) {
+        guard let batch = openBatch else { return }
+        openBatch = nil
+        guard batch.rowCount > 0 else { return }
+        bufferedRows += batch.rowCount
+        actions.append(.submit(batch))
+    }
+
+    private mutating func commitAction(_ observation: PollObservation) -> Action? {
+        guard !commitInFlight, let assignment else { return nil }
+        lastCommitAt = observation.now.milliseconds
+        let windows = assignment.windows
+        let offsets = assignment.tracker.offsetsToCommit(
+            pending: { windows.lowestPendingOffset(of: $0) },
+            maxEventTime: { windows.watermarks.maxEventTime(of: $0)?.milliseconds },
+            deadLettersPendingFrom: { observation.deadLettersPendingFrom[assignment.partitions[$0]] }
+        )
+        guard !offsets.isEmpty else { return nil }
+        commitInFlight = true
+        pendingCommit = offsets
+        var byPartition: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
+        for (partition, offset) in offsets {
+            byPartition[assignment.partitions[partition]] = KafkaConsumer.CommittedOffset(
+                offset: offset.offset, metadata: CommitMetadata(maxEventTime: offset.maxEventTimeBefore).text
+            )
+        }
+        return .commit(byPartition)
+    }
+
+    /// The commit of the last ``Action/commit(_:)`` succeeded.
+    public mutating func commitSucceeded() {
+        guard commitInFlight else { return }
+        commitInFlight = false
+        assignment?.tracker.committed(pendingCommit)
+        pendingCommit = [:]
+        counters.commits += 1
+    }
+
+    /// The commit of the last ``Action/commit(_:)`` failed; a later poll tries again.
+    public mutating func commitFailed() {
+        commitInFlight = false
+        pendingCommit = [:]
+    }
+
+    private mutating func applyBackpressure(into actions: inout [Action]) {
+        guard let assignment else { return }
+        let buffered = bufferedRows + (openBatch?.rowCount ?? 0)
+        if !paused && buffered >= configuration.bufferMaxRows {
+            paused = true
+            actions.append(.pause(assignment.partitions))
+        } else if paused && buffered < configuration.bufferMaxRows / 2 {
+            paused = false
+            actions.append(.resume(assignment.partitions))
+        }
+    }
+
+    // MARK: Sink completions
+
+    /// What became of a submitted batch.
+    public mutating func batchCompleted(_ completion: SinkCompletion) -> [Action] {
+        switch completion {
+        case .written(let sequence, _):
+            assignment?.tracker.acknowledged(sequence)
+            return []
+        case .fenced(let sequence):
+            // A batch of the current assignment was refused: the group moved on without this
+            // member, and the revocation has not arrived yet.
+            guard phase == .running, let assignment, sequence >= assignmentFirstSequence else { return [] }
+            phase = .deposed
+            return [.pause(assignment.partitions)]
+        case .failed(_, let error):
+            phase = .failed
+            return [.fail(PipelineError(error.description))]
+        }
+    }
+
+    // MARK: Stop
+
+    /// A clean stop: submit what is complete. The driver then waits for the sink, reports the
+    /// completions, and calls ``finalCommit(_:)``.
+    public mutating func stopping() -> [Action] {
+        guard phase == .running else { return [] }
+        var actions: [Action] = []
+        submitOpenBatch(into: &actions)
+        return actions
+    }
+
+    /// The last commit of a clean stop, after the sink drained.
+    public mutating func finalCommit(_ observation: PollObservation) -> [Action] {
+        guard phase == .running else { return [] }
+        commitInFlight = false
+        return commitAction(observation).map { [$0] } ?? []
+    }
+}
+
+extension EventShape {
+    /// The kind a message of this shape counts as first.
+    var primaryKind: EventKind {
+        if case .kind(let kind) = self { return kind }
+        return .impression
+    }
+}
