@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),
-        .testTarget(name: "CTRPipelineTests", dependencies: ["CTRPipeline", "CTRWindows"]),
+        .testTarget(name: "CTRPipelineTests", dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "Ingest"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
     ]
 )

@@ -387,7 +387,21 @@ public struct PipelineStateMachine: Sendable {
         return actions
     }
 
+    /// Adds the rows of one advance to batches.
+    ///
+    /// A batch's provenance is the consumer positions at its last append, and that must be
+    /// true of every row in it: a row appended earlier whose (product, window) got more events
+    /// since was emitted again by this advance, and that later revision must land in the same
+    /// batch. So the open batch takes this advance's rows only if all of them that fall on its
+    /// day fit; otherwise it is submitted first. Rows of a single advance may then be split
+    /// across batches freely (at a day change or the row cap): they all share one position.
     private mutating func add(_ emissions: [WindowEmission], at now: Timestamp, into actions: inout [Action]) {
+        let positions = currentPositions()
+        if let batch = openBatch, let first = emissions.first {
+            let firstDay = ResultBatch.day(of: first.windowEnd)
+            let sameDayRows = emissions.prefix { ResultBatch.day(of: $0.windowEnd) == batch.day }.reduce(0) { $0 + $1.rows.count }
+            if firstDay != batch.day || batch.rowCount + sameDayRows > configuration.batchMaxRows { submitOpenBatch(into: &actions) }
+        }
         for emission in emissions {
             let day = ResultBatch.day(of: emission.windowEnd)
             counters.recordEmission(rows: emission.rows)
@@ -399,6 +413,7 @@ public struct PipelineStateMachine: Sendable {
                 if openBatch == nil { openNewBatch(day: day, now: now) }
                 if dependentBatch != openBatch!.sequence {
                     dependentBatch = openBatch!.sequence
+                    openBatch!.positions = positions
                     assignment!.tracker.batch(openBatch!.sequence, dependsOn: emission.firstNewOffsets)
                 }
                 openBatch!.append(
@@ -409,20 +424,14 @@ public struct PipelineStateMachine: Sendable {
                 )
             }
         }
-        // Every row of the open batch reflects everything consumed so far of its
-        // (product, window): the positions now are the batch's provenance.
-        let positions = currentPositions()
-        openBatch?.positions = positions
     }
 
     private mutating func openNewBatch(day: Int64, now: Timestamp) {
         let generation = assignment!.generation
-        var batch = ResultBatch(
+        openBatch = ResultBatch(
             id: "\(ClickHouseResultsStore.queryPrefix(writer: configuration.writer))g\(generation)-\(nextSequence)",
             sequence: nextSequence, generation: generation, day: day
         )
-        batch.positions = currentPositions()
-        openBatch = batch
         nextSequence += 1
         openBatchCreatedAt = now.milliseconds
     }

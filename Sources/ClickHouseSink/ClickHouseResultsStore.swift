@@ -69,7 +69,8 @@ public final class ClickHouseResultsStore: ResultsStore {
         let present = try retrying("check the schema") { connection throws(ClickHouseError) in
             try connection.execute(
                 "SELECT name FROM system.tables WHERE database = \(SQL.literal(connection.endpoint.database)) AND name IN ("
-                    + expected.sorted().map(SQL.literal).joined(separator: ", ") + ")"
+                    + expected.sorted().map(SQL.literal).joined(separator: ", ") + ")",
+                useDatabase: false
             ).lines.map(String.init)
         }
         let missing = expected.subtracting(present)
