@@ -19,14 +19,40 @@ SAMPLE_ROWS = """{"product_id":"p-1","window_start":"2023-11-14 22:13:20","windo
 
 # What ctr-aggregator and schema-tool send besides the migrations.
 TOOL_QUERIES = [
-    "EXISTS TABLE ctr.ctr_results_raw",
-    "SELECT count(), toUnixTimestamp(max(window_start)) FROM ctr.ctr_results_raw",
-    "SELECT product_id, max(revision), argMax(impressions, revision), argMax(clicks, revision) FROM ctr.ctr_results_raw "
-    "WHERE window_end = toDateTime(1700000010, 'UTC') AND window_start = toDateTime(1700000000, 'UTC') GROUP BY product_id",
-    "SELECT source, max(offset) FROM ctr.ctr_results_raw ARRAY JOIN source_partitions AS source, source_offsets AS offset "
-    "WHERE window_end = toDateTime(1700000010, 'UTC') AND window_start = toDateTime(1700000000, 'UTC') GROUP BY source",
-    "SELECT count() FROM ctr.ctr_results_raw WHERE window_end >= toDateTime(1700000010, 'UTC') AND window_end <= toDateTime(1700000010, 'UTC') AND batch_id = 'b-1'",
-    "SELECT count() FROM system.processes WHERE query_id LIKE 'ctr-agg-%' AND query_id NOT LIKE 'ctr-agg-x-%' AND elapsed >= 0",
+    # ClickHouseResultsStore (ctr-aggregator): schema check, fences, staging, the fenced insert,
+    # verification, recovery.
+    "SELECT name FROM system.tables WHERE database = 'ctr' AND name IN ('ctr_batches', 'ctr_fences', 'ctr_results_raw')",
+    "INSERT INTO ctr.ctr_fences (scope, token, writer, created_at) VALUES ('group:g', 3, 'w', now())",
+    "SELECT query_id FROM system.processes WHERE query_id LIKE 'ctr-agg-%' AND NOT startsWith(query_id, 'ctr-agg-w-')",
+    "CREATE TEMPORARY TABLE IF NOT EXISTS ctr_staging (" + ", ".join(
+        f"{name} {kind}" for name, kind in [
+            ("product_id", "String"), ("window_start", "DateTime('UTC')"), ("window_end", "DateTime('UTC')"), ("impressions", "UInt64"),
+            ("clicks", "UInt64"), ("ctr", "Float64"), ("impressions_delta", "UInt64"), ("clicks_delta", "UInt64"), ("conversions", "UInt64"),
+            ("conversions_delta", "UInt64"), ("revenue", "Decimal(18, 6)"), ("revenue_delta", "Decimal(18, 6)"), ("revision", "UInt32"),
+            ("emitted_at", "DateTime('UTC')"), ("batch_id", "String")]) + ") ENGINE = Memory",
+    "TRUNCATE TABLE ctr_staging",
+    "INSERT INTO ctr_staging (product_id, window_start, window_end, impressions, clicks, batch_id) "
+    "VALUES ('p-9', toDateTime(1700000000, 'UTC'), toDateTime(1700000010, 'UTC'), 3, 1, 'b-9')",
+    "INSERT INTO ctr.ctr_batches (batch_id, writer, consumer_group, generation, created_at, window_end_min, window_end_max, rows, "
+    "partitions, next_offsets) VALUES ('b-9', 'w', 'g', 3, now(), toDateTime(1700000010, 'UTC'), toDateTime(1700000010, 'UTC'), 1, "
+    "['impressions:0'], [42])",
+    "INSERT INTO ctr.ctr_results_raw (product_id, window_start, window_end, impressions, clicks, ctr, impressions_delta, clicks_delta, "
+    "conversions, conversions_delta, revenue, revenue_delta, revision, emitted_at, batch_id) SELECT product_id, window_start, window_end, "
+    "impressions, clicks, ctr, impressions_delta, clicks_delta, conversions, conversions_delta, revenue, revenue_delta, revision, "
+    "emitted_at, batch_id FROM ctr_staging WHERE batch_id = 'b-9' AND throwIf((SELECT count() FROM ctr_staging WHERE batch_id = 'b-9') != 1 "
+    "OR (SELECT max(token) FROM ctr.ctr_fences WHERE scope = 'group:g') > 3 "
+    "OR (SELECT max(token) FROM ctr.ctr_fences WHERE scope = 'writer:w') > 0) = 0",
+    "SELECT max(token) FROM ctr.ctr_fences WHERE scope = 'writer:w'",
+    "SELECT count() FROM ctr.ctr_results_raw WHERE window_end >= toDateTime(1700000010, 'UTC') "
+    "AND window_end <= toDateTime(1700000010, 'UTC') AND batch_id = 'b-9'",
+    "SELECT count(), toUnixTimestamp(min(window_end_min)) FROM ctr.ctr_batches WHERE hasAny(partitions, ['impressions:0'])",
+    "SELECT product_id, toUnixTimestamp(window_start), max(revision), argMax(impressions, revision), argMax(clicks, revision), "
+    "argMax(conversions, revision), toString(argMax(revenue, revision)), argMax(batch_id, revision), "
+    "arrayStringConcat(argMax(source_partitions, revision), ','), "
+    "arrayStringConcat(arrayMap(x -> toString(x), argMax(source_offsets, revision)), ',') "
+    "FROM ctr.ctr_results_raw WHERE window_end > toDateTime(1699999990, 'UTC') GROUP BY window_start, product_id",
+    "SELECT batch_id, arrayStringConcat(partitions, ','), arrayStringConcat(arrayMap(x -> toString(x), next_offsets), ',') "
+    "FROM ctr.ctr_batches WHERE window_end_max > toDateTime(1699999990, 'UTC') AND hasAny(partitions, ['impressions:0'])",
     "SELECT product_id, window_minute, avgMerge(avg_ctr) AS avg_ctr, sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view GROUP BY product_id, window_minute",
     "SELECT product_id, window_start, impressions, clicks, ctr, revision FROM ctr.ctr_latest_view FINAL",
     "CREATE TABLE IF NOT EXISTS ctr.schema_migrations (version UInt32, name String, checksum String, statements_total UInt32, "
@@ -95,8 +121,12 @@ def main():
         except Exception as error:  # noqa: BLE001
             print(f"FAILED tool query on ClickHouse {version}: {query}\n{error}")
             return 1
-    totals = db.query("SELECT sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view", "CSV").data().strip()
-    latest = db.query("SELECT impressions, revision FROM ctr.ctr_latest_view FINAL", "CSV").data().strip()
+    totals = db.query("SELECT sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view WHERE product_id = 'p-1'", "CSV").data().strip()
+    latest = db.query("SELECT impressions, revision FROM ctr.ctr_latest_view FINAL WHERE product_id = 'p-1'", "CSV").data().strip()
+    fenced = db.query("SELECT count() FROM ctr.ctr_results_raw WHERE batch_id = 'b-9'", "CSV").data().strip()
+    if fenced != "1":
+        print(f"FAILED the fenced insert on ClickHouse {version}: {fenced} rows")
+        return 1
     if totals != "6,1" or latest != "6,1":
         print(f"FAILED view contents on ClickHouse {version}: ml totals {totals!r}, latest {latest!r}")
         return 1
