@@ -69,6 +69,20 @@ public struct Watermarks: Sendable {
         partitions[partition].keptActiveSinceAdvance = true
     }
 
+    /// Processing time since the last activity of the most recently active partition: how long
+    /// the whole input has been quiet as of the last ``advance(now:)`` (0 when some partition
+    /// was active then).
+    public func quietTime(now: Timestamp) -> Int64 {
+        guard let latest = partitions.map(\.lastActivity).max() else { return 0 }
+        return max(0, now.milliseconds - latest)
+    }
+
+    /// Moves the pipeline watermark up to `time` (never back): used to close windows of a
+    /// stream that stopped.
+    public mutating func raise(to time: Timestamp) {
+        if time > (current ?? Timestamp(milliseconds: .min)) { current = time }
+    }
+
     /// Highest event time seen on `partition`, if any.
     public func maxEventTime(of partition: SourcePartition) -> Timestamp? {
         partitions[partition].maxEventTime.map(Timestamp.init(milliseconds:))

@@ -323,8 +323,14 @@ public struct WindowAggregator: Sendable {
     /// - Parameter holdEmissions: when true, the watermark and idleness move but nothing is
     ///   emitted or dropped (recovery: the replay has not yet reached what durable rows reflect).
     public mutating func advance(now: Timestamp, holdEmissions: Bool = false) -> [WindowEmission] {
-        guard let watermark = watermarks.advance(now: now)?.milliseconds, !holdEmissions else { return [] }
         let size = configuration.windowSize.value
+        watermarks.advance(now: now)
+        if let closeIdleAfter = configuration.closeIdleAfter, !holdEmissions, watermarks.partitionCount > 0,
+            watermarks.quietTime(now: now) >= closeIdleAfter.value, let latest = windows.keys.max()
+        {
+            watermarks.raise(to: Timestamp(milliseconds: latest &+ size))
+        }
+        guard let watermark = watermarks.current?.milliseconds, !holdEmissions else { return [] }
         let lateness = configuration.allowedLateness.value
         var emissions: [WindowEmission] = []
         var expired: [Int64] = []

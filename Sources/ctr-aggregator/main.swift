@@ -47,6 +47,8 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Bounded out-of-orderness in milliseconds. (default: 2000)") var outOfOrdernessMs: Int64?
     @Option(help: "Allowed lateness in milliseconds. (default: 5000)") var allowedLatenessMs: Int64?
     @Option(help: "Processing time after which a silent partition stops holding the watermark, ms. (default: 30000)") var idleTimeoutMs: Int64?
+    @Option(help: "When every partition has been idle this long (processing time), the open windows fire; e.g. 60s, 1500ms, 2m; 0 disables. (default: 60s)")
+    var closeIdleAfter: String?
     @Option(help: "Largest accepted message value in bytes. (default: 65536)") var maxMessageBytes: Int?
     @Option(help: "Earliest accepted event time, epoch ms. (default: 946684800000 = 2000-01-01)") var minTimestampMs: Int64?
     @Option(help: "Latest accepted event time, epoch ms. (default: 4102444800000 = 2100-01-01)") var maxTimestampMs: Int64?
@@ -95,7 +97,9 @@ struct AggregatorCommand: ParsableCommand {
                 windowSize: Milliseconds(try settings.int64("window-size-ms", windowSizeMs, default: 10_000)),
                 outOfOrderness: Milliseconds(try settings.int64("out-of-orderness-ms", outOfOrdernessMs, default: 2_000)),
                 allowedLateness: Milliseconds(try settings.int64("allowed-lateness-ms", allowedLatenessMs, default: 5_000)),
-                idleTimeout: Milliseconds(try settings.int64("idle-timeout-ms", idleTimeoutMs, default: 30_000))
+                idleTimeout: Milliseconds(try settings.int64("idle-timeout-ms", idleTimeoutMs, default: 30_000)),
+                closeIdleAfter: try durationMilliseconds("close-idle-after", settings.string("close-idle-after", closeIdleAfter, default: "60s"))
+                    .flatMap { $0 > 0 ? Milliseconds($0) : nil }
             ),
             decoder: EventDecoder(
                 maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: 65_536),
@@ -255,3 +259,14 @@ struct JSONLogHandler: LogHandler {
 }
 
 AggregatorCommand.main()
+
+/// Milliseconds of a duration such as `60s`, `1500ms`, `2m` or `1h` (a bare number is seconds).
+func durationMilliseconds(_ name: String, _ text: String) throws -> Int64? {
+    let units: [(suffix: String, factor: Int64)] = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)]
+    let trimmed = text.trimmingCharacters(in: .whitespaces)
+    for unit in units where trimmed.hasSuffix(unit.suffix) {
+        if let value = Int64(trimmed.dropLast(unit.suffix.count)), value >= 0 { return value * unit.factor }
+    }
+    if let seconds = Int64(trimmed), seconds >= 0 { return seconds * 1_000 }
+    throw ValidationError("--\(name) expects a duration such as 60s, 1500ms or 2m, got \(text)")
+}

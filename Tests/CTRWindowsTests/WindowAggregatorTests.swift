@@ -140,6 +140,19 @@ import Testing
         #expect(windows.advance(now: t(1)).first?.rows.map(\.totals.revenueMicros) == [big, big])
     }
 
+    @Test func windowsOfAStreamThatStoppedFireAfterCloseIdleAfter() {
+        var configuration = WindowConfiguration()
+        configuration.closeIdleAfter = .seconds(60)
+        var windows = WindowAggregator(configuration: configuration, partitionCount: 1, now: t(0))
+        _ = windows.ingest(.impression, 1, at: t(1_000), from: 0, offset: 0)
+        #expect(windows.advance(now: t(1)).isEmpty, "the event's poll: the watermark is -1 s")
+        #expect(windows.advance(now: t(60_000)).isEmpty, "quiet for less than a minute")
+        #expect(windows.advance(now: t(60_001)).first?.rows.map(\.totals.impressions) == [1], "quiet for a minute: the window fires")
+        #expect(windows.watermark == t(10_000))
+        #expect(windows.ingest(.impression, 1, at: t(9_000), from: 0, offset: 1) == .lateUpdate, "within lateness of the raised watermark")
+        #expect(windows.advance(now: t(60_002)).first?.rows.first?.revision == 1)
+    }
+
     @Test func productsOfExpiredWindowsAreReleased() {
         var windows = makeAggregator()
         _ = windows.ingest(.impression, 1, at: t(1_000), from: 0, offset: 0)

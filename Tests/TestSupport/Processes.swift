@@ -85,6 +85,9 @@ public final class ChildProcess: @unchecked Sendable {
     public var stdout: String { (try? String(contentsOf: stdoutFile, encoding: .utf8)) ?? "" }
     public var stderr: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
 
+    /// Whether the process has not exited yet.
+    public var isRunning: Bool { process.isRunning }
+
     /// Sends `signal` and waits up to `timeout` seconds for the exit; kills it after that.
     @discardableResult
     public func stop(signal: Int32 = SIGTERM, timeout: Double = 30) -> Int32 {
