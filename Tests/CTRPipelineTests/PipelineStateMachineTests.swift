@@ -94,6 +94,18 @@ import Testing
         #expect(next.first?.positions.last == PartitionPosition(partition: "impressions:0", nextOffset: 6))
     }
 
+    @Test func anEmissionLargerThanTheCapIsSplitIntoBatchesWithOnePosition() {
+        var machine = running(batchMaxRows: 2)
+        for (offset, product) in ["a", "b", "c", "d", "e"].enumerated() {
+            _ = machine.consumed(topicIndex: 0, partition: 0, offset: Int64(offset), impression(product, 1_000))
+        }
+        _ = machine.consumed(topicIndex: 0, partition: 0, offset: 5, impression("z", 12_500))
+        let batches = submitted(machine.pollFinished(.init(now: at(10))) + machine.pollFinished(.init(now: at(300))))
+        #expect(batches.map { $0.rows.map(\.productID) } == [["a", "b"], ["c", "d"], ["e"]])
+        #expect(Set(batches.map(\.positions)) == [[PartitionPosition(partition: "impressions:0", nextOffset: 6)]])
+        #expect(Set(batches.map(\.id)).count == 3)
+    }
+
     @Test func commitsWaitForAcknowledgedRowsAndCarryTheEventTime() {
         var machine = running()
         _ = machine.consumed(topicIndex: 0, partition: 0, offset: 0, impression("a", 1_000))
