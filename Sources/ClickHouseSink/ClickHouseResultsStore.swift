@@ -6,7 +6,8 @@ import Logging
 /// ``ResultsStore`` on a ClickHouse server (18.16 or current) over HTTP.
 ///
 /// A batch is written in four requests on the store's own HTTP session:
-/// 1. its rows go into a session-scoped `Memory` table (`ctr_staging`), which is not durable;
+/// 1. its rows go, as `RowBinary`, into a session-scoped `Memory` table (`ctr_staging`), which is
+///    not durable;
 /// 2. its provenance goes into `ctr_batches` (harmless if repeated);
 /// 3. one `INSERT INTO ctr_results_raw ... SELECT ... FROM ctr_staging` moves the rows, with a
 ///    `throwIf` that refuses the insert when the staged rows are not exactly the batch, when a
@@ -208,7 +209,7 @@ public final class ClickHouseResultsStore: ResultsStore {
     public func write(_ batch: ResultBatch, onRetry: (ClickHouseError) -> Void) throws(SinkError) -> WriteOutcome {
         precondition(batch.rowCount <= maxBatchRows, "a batch must not exceed maxBatchRows")
         let started = ContinuousClock.now
-        let body = ResultRowEncoder.jsonEachRow(batch)
+        let body = ResultRowEncoder.rowBinary(batch)
         var machine = InsertRetryStateMachine(policy: policy)
         var action = machine.start()
         var recovered = false
@@ -299,8 +300,8 @@ public final class ClickHouseResultsStore: ResultsStore {
             }
             _ = try connection.execute("TRUNCATE TABLE \(ResultsTable.staging)", settings: session)
             _ = try connection.execute(
-                "INSERT INTO \(ResultsTable.staging) FORMAT JSONEachRow", body: body,
-                settings: session.merging(["input_format_skip_unknown_fields": "0", "max_insert_block_size": blocks]) { $1 }
+                "INSERT INTO \(ResultsTable.staging) FORMAT RowBinary", body: body,
+                settings: session.merging(["max_insert_block_size": blocks]) { $1 }
             )
             if let range = batch.windowEndRange {
                 _ = try connection.execute(

@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctr-bench",
         abstract: "Benchmark stages of the CTR pipeline (release build: swift build -c release).",
-        subcommands: [Consume.self, Stages.self, Sink.self, Memory.self]
+        subcommands: [Consume.self, Stages.self, Sink.self, SinkFormats.self, Memory.self]
     )
 }
 
@@ -162,3 +162,53 @@ struct Memory: ParsableCommand {
 }
 
 Bench.main()
+
+struct SinkFormats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "RowBinary against JSONEachRow for result rows: client encoding and ClickHouse parsing, side by side.",
+        discussion: "Inserts the same rows in both formats into a Null-engine table with the results' columns (parsing only), best of --runs."
+    )
+    @Option var clickhouseUrl: String
+    @Option var database: String
+    @Option var rows = 500_000
+    @Option var batchRows = 50_000
+    @Option var runs = 3
+
+    func run() throws {
+        let connection = try ClickHouseConnection(endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database))
+        let columns = ResultsTable.rowColumns.map { "\($0.name) \($0.type)" }.joined(separator: ", ")
+        _ = try connection.execute("CREATE TABLE IF NOT EXISTS bench_result_rows (\(columns)) ENGINE = Null")
+        let end = Timestamp(milliseconds: 1_700_000_010_000)
+        var batches: [ResultBatch] = []
+        var batch = ResultBatch(id: "bench-0", sequence: 0, generation: 0, day: ResultBatch.day(of: end))
+        for index in 0..<rows {
+            batch.append(
+                ResultRow(
+                    productID: TrafficGenerator.productName(index), windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
+                    totals: WindowCounts(impressions: 1_234, clicks: 31, conversions: 2, revenueMicros: 12_340_000),
+                    delta: WindowCounts(impressions: 1_234, clicks: 31, conversions: 2, revenueMicros: 12_340_000), revision: 0, emittedAt: end
+                )
+            )
+            if batch.rowCount == batchRows || index == rows - 1 {
+                batches.append(batch)
+                batch = ResultBatch(id: "bench-\(batches.count)", sequence: UInt64(batches.count), generation: 0, day: ResultBatch.day(of: end))
+            }
+        }
+        for (format, encode) in [("JSONEachRow", ResultRowEncoder.jsonEachRow), ("RowBinary", ResultRowEncoder.rowBinary)] {
+            var bestEncode = Double.infinity
+            var bestInsert = Double.infinity
+            var bytes = 0
+            for _ in 0..<runs {
+                var start = ContinuousClock.now
+                let bodies = batches.map(encode)
+                bestEncode = min(bestEncode, seconds(since: start))
+                bytes = bodies.reduce(0) { $0 + $1.count }
+                start = .now
+                for body in bodies { _ = try connection.execute("INSERT INTO bench_result_rows FORMAT \(format)", body: body) }
+                bestInsert = min(bestInsert, seconds(since: start))
+            }
+            report("sink-format \(format) encode", events: rows, seconds: bestEncode, "bytes_per_row=\(bytes / max(rows, 1))")
+            report("sink-format \(format) clickhouse-parse", events: rows, seconds: bestInsert)
+        }
+    }
+}
