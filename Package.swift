@@ -103,6 +103,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["ClickHouseHTTP"], path: "Tests/TestSupport"),
         .testTarget(name: "CTRWindowsTests", dependencies: ["CTRWindows"]),
         .testTarget(name: "IngestTests", dependencies: ["Ingest", "CTRWindows"]),
+        .testTarget(name: "KafkaConsumerTests", dependencies: ["Ingest", "TestSupport"]),
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),

@@ -1,0 +1,62 @@
+import Foundation
+import Ingest
+import TestSupport
+import Testing
+
+/// The librdkafka consumer wrapper against the dev broker (librdkafka's mock cluster in another
+/// process, the real protocol): assignments arrive paused with their generation, revocations are
+/// recorded, not acted on, and a later member's join moves the generation on.
+@Suite(.serialized) struct KafkaConsumerIntegrationTests {
+    func poll(_ consumer: KafkaConsumer, until condition: ([RebalanceEvent], Int) -> Bool) -> ([RebalanceEvent], Int) {
+        var events: [RebalanceEvent] = []
+        var messages = 0
+        _ = eventually(timeout: 30, interval: 0) {
+            messages += consumer.poll(maxMessages: 100, timeout: .milliseconds(100)) { _ in }
+            events += consumer.takeRebalanceEvents()
+            return condition(events, messages)
+        }
+        return (events, messages)
+    }
+
+    @Test func assignmentsArrivePausedWithTheirGenerationAndRevocationsAreRecorded() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-consumer")
+        let broker = try DevBrokerProcess(partitions: 2, topics: "impressions", directory: directory)
+        let produced = try ChildProcess.run(
+            "/usr/bin/kcat", ["-P", "-b", broker.bootstrapServers, "-t", "impressions", "-p", "0"], input: Data("a\nb\nc\n".utf8)
+        )
+        #expect(produced.status == 0, "\(produced.stderr)")
+        let configuration = KafkaConfiguration(["bootstrap.servers": broker.bootstrapServers, "group.id": "wrapper"])
+        let first = try KafkaConsumer(configuration: configuration, topics: ["impressions"], onError: { _ in })
+
+        let (assigned, before) = poll(first) { events, _ in !events.isEmpty }
+        guard case .assigned(let partitions, let generation) = assigned.first else {
+            Issue.record("expected an assignment, got \(assigned)")
+            return
+        }
+        #expect(partitions.map(\.description) == ["impressions:0", "impressions:1"])
+        #expect(generation > 0)
+        #expect(before == 0, "paused: nothing is fetched before the application resumes")
+        first.resume(partitions)
+        let (_, fetched) = poll(first) { _, messages in messages >= 3 }
+        #expect(fetched == 3)
+
+        // A second member joins: the first one's partitions are revoked (recorded, not acted on)
+        // and both get a new generation.
+        let second = try KafkaConsumer(configuration: configuration, topics: ["impressions"], onError: { _ in })
+        var secondEvents: [RebalanceEvent] = []
+        let (events, _) = poll(first) { events, _ in
+            _ = second.poll(maxMessages: 100, timeout: .milliseconds(10)) { _ in }
+            secondEvents += second.takeRebalanceEvents()
+            return events.contains { if case .assigned = $0 { true } else { false } } && !secondEvents.isEmpty
+        }
+        #expect(events.first == .revoked(partitions, lost: false))
+        guard case .assigned(_, let next) = events.last, case .assigned(_, let secondGeneration) = secondEvents.first else {
+            Issue.record("expected new assignments, got \(events) and \(secondEvents)")
+            return
+        }
+        #expect(next > generation)
+        #expect(next == secondGeneration, "members of one generation share its number")
+        second.close()
+        first.close()
+    }
+}
