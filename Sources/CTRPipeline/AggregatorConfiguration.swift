@@ -38,6 +38,10 @@ public struct AggregatorConfiguration: Sendable {
     public var pollBatchSize: Int
     /// How often a summary line is logged.
     public var statusInterval: Duration
+    /// Partitions without a committed offset start at the first message at or after this time.
+    public var startFrom: Timestamp?
+    /// With ``startFrom``: every partition starts there, ignoring committed offsets.
+    public var resetOffsets: Bool
 
     /// The topics consumed, in subscription order.
     public var inputTopics: [String] {
@@ -72,7 +76,9 @@ public struct AggregatorConfiguration: Sendable {
         retry: RetryPolicy = RetryPolicy(),
         commitInterval: Duration = .seconds(1),
         pollBatchSize: Int = 10_000,
-        statusInterval: Duration = .seconds(10)
+        statusInterval: Duration = .seconds(10),
+        startFrom: Timestamp? = nil,
+        resetOffsets: Bool = false
     ) {
         self.kafka = kafka
         self.groupID = groupID
@@ -93,5 +99,7 @@ public struct AggregatorConfiguration: Sendable {
         self.commitInterval = commitInterval
         self.pollBatchSize = pollBatchSize
         self.statusInterval = statusInterval
+        self.startFrom = startFrom
+        self.resetOffsets = resetOffsets
     }
 }

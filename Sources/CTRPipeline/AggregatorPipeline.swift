@@ -118,7 +118,9 @@ public final class AggregatorPipeline: Sendable {
                     bufferMaxRows: configuration.bufferMaxRows,
                     commitInterval: Milliseconds(configuration.commitInterval.milliseconds),
                     writer: pipeline.writer,
-                    topics: configuration.inputTopics.map { ($0, configuration.shape(of: $0)) }
+                    topics: configuration.inputTopics.map { ($0, configuration.shape(of: $0)) },
+                    startFrom: configuration.startFrom,
+                    resetOffsets: configuration.resetOffsets
                 )
             )
             logger.info(
@@ -252,6 +254,17 @@ public final class AggregatorPipeline: Sendable {
                     return
                 }
                 perform(machine.committedOffsetsRead(committed, now: WallClock.now()))
+            case .seek(let partitions, let time):
+                do {
+                    let offsets = try consumer.offsets(at: time.milliseconds, of: partitions, timeout: .seconds(30))
+                    try consumer.seek(offsets, timeout: .seconds(30))
+                    logger.info("starting at --start-from", metadata: ["time_ms": "\(time.milliseconds)", "offsets": "\(offsets.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value)" })"])
+                    perform(machine.startPositionsFound(offsets, now: WallClock.now()))
+                } catch {
+                    fatalError = PipelineError("cannot start at --start-from: \(error)")
+                }
+            case .notice(let message):
+                logger.warning("\(message)")
             case .restore(let request):
                 let rows: [StoredWindowRow]
                 do {

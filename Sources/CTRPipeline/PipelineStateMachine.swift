@@ -43,10 +43,15 @@ public struct PipelineStateMachine: Sendable {
         public var writer: String
         /// The subscribed topics, in subscription order, with what their messages are.
         public var topics: [(name: String, shape: EventShape)]
+        /// Partitions without a committed offset start at the first message at or after this
+        /// time (instead of the earliest).
+        public var startFrom: Timestamp?
+        /// With ``startFrom``: every partition starts there, committed offsets or not.
+        public var resetOffsets: Bool
 
         public init(
             windows: WindowConfiguration, batchMaxRows: Int, batchMaxDelay: Milliseconds, bufferMaxRows: Int, commitInterval: Milliseconds,
-            writer: String, topics: [(name: String, shape: EventShape)]
+            writer: String, topics: [(name: String, shape: EventShape)], startFrom: Timestamp? = nil, resetOffsets: Bool = false
         ) {
             self.windows = windows
             self.batchMaxRows = batchMaxRows
@@ -55,6 +60,8 @@ public struct PipelineStateMachine: Sendable {
             self.commitInterval = commitInterval
             self.writer = writer
             self.topics = topics
+            self.startFrom = startFrom
+            self.resetOffsets = resetOffsets
         }
     }
 
@@ -64,8 +71,13 @@ public struct PipelineStateMachine: Sendable {
         /// inserts), then read the committed offsets of `partitions` and report them with
         /// ``committedOffsetsRead(_:now:)``.
         case recover(generation: Int32, partitions: [TopicPartition])
+        /// Move these partitions to their first message at or after the time, and report the
+        /// offsets with ``startPositionsFound(_:now:)``.
+        case seek([TopicPartition], to: Timestamp)
         /// Read back durable windows and report them with ``restored(_:now:)``.
         case restore(RestoreRequest)
+        /// Tell the operator (a warning line).
+        case notice(String)
         /// Start fetching these partitions.
         case resume([TopicPartition])
         /// Stop fetching these partitions (the group membership stays).
@@ -93,6 +105,8 @@ public struct PipelineStateMachine: Sendable {
         case unassigned
         /// Waiting for ``committedOffsetsRead(_:now:)``.
         case readingCommittedOffsets
+        /// Waiting for ``startPositionsFound(_:now:)``.
+        case seeking
         /// Waiting for ``restored(_:now:)``.
         case restoring
         /// Consuming.
@@ -130,6 +144,8 @@ public struct PipelineStateMachine: Sendable {
     private var commitInFlight = false
     /// The positions of the commit in flight.
     private var pendingCommit: [SourcePartition: SourceOffset] = [:]
+    /// Committed offsets kept while start positions are looked up.
+    private var pendingCommitted: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
     /// The first batch sequence of the current assignment: lower ones belong to earlier ones.
     private var assignmentFirstSequence: UInt64 = 0
     private var paused = false
@@ -188,7 +204,35 @@ public struct PipelineStateMachine: Sendable {
 
     /// The committed positions of the assigned partitions (absent: nothing committed).
     public mutating func committedOffsetsRead(_ committed: [TopicPartition: KafkaConsumer.CommittedOffset], now: Timestamp) -> [Action] {
-        guard phase == .readingCommittedOffsets, var assignment else { preconditionFailure("committed offsets read in phase \(phase)") }
+        guard phase == .readingCommittedOffsets, let assignment else { preconditionFailure("committed offsets read in phase \(phase)") }
+        guard let startFrom = configuration.startFrom else { return beginRestore(committed, now: now) }
+        let starting = assignment.partitions.filter { configuration.resetOffsets || committed[$0] == nil }
+        var actions: [Action] = []
+        if starting.count < assignment.partitions.count {
+            actions.append(
+                .notice(
+                    "the group has committed offsets for \(assignment.partitions.count - starting.count) partition(s): they resume there and "
+                        + "--start-from is ignored for them (add --reset-offsets to start every partition at --start-from)"
+                )
+            )
+        }
+        guard !starting.isEmpty else { return actions + beginRestore(committed, now: now) }
+        pendingCommitted = committed.filter { !starting.contains($0.key) }
+        phase = .seeking
+        return actions + [.seek(starting, to: startFrom)]
+    }
+
+    /// The partitions of ``Action/seek(_:to:)`` now start at `offsets`.
+    public mutating func startPositionsFound(_ offsets: [TopicPartition: Int64], now: Timestamp) -> [Action] {
+        guard phase == .seeking else { preconditionFailure("start positions found in phase \(phase)") }
+        var committed = pendingCommitted
+        pendingCommitted = [:]
+        for (partition, offset) in offsets { committed[partition] = KafkaConsumer.CommittedOffset(offset: offset) }
+        return beginRestore(committed, now: now)
+    }
+
+    private mutating func beginRestore(_ committed: [TopicPartition: KafkaConsumer.CommittedOffset], now: Timestamp) -> [Action] {
+        guard var assignment else { preconditionFailure("no assignment to restore") }
         var positions: [(offset: Int64, maxEventTime: Int64?)?] = []
         var lowestWatermark: Int64?
         var withoutHistory: [String] = []

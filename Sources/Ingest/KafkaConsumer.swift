@@ -288,6 +288,47 @@ public final class KafkaConsumer {
         return result
     }
 
+    /// For each of `partitions`, the offset of the first message whose timestamp is at or after
+    /// `time` (epoch milliseconds), or the end of the partition when there is none.
+    public func offsets(at time: Int64, of partitions: [TopicPartition], timeout: Duration) throws(KafkaError) -> [TopicPartition: Int64] {
+        let list = Self.makeList(partitions) { _ in time }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = rd_kafka_offsets_for_times(handle, list, Int32(Self.milliseconds(timeout)))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, context: "cannot look up offsets for time \(time)") }
+        var result: [TopicPartition: Int64] = [:]
+        for element in UnsafeBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt)) {
+            let partition = TopicPartition(topic: String(cString: element.topic), partition: element.partition)
+            guard element.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                throw KafkaError(element.err, context: "cannot look up the offset of \(partition) for time \(time)")
+            }
+            if element.offset >= 0 {
+                result[partition] = element.offset
+            } else {
+                var low: Int64 = 0
+                var high: Int64 = 0
+                let error = rd_kafka_query_watermark_offsets(handle, partition.topic, partition.partition, &low, &high, Int32(Self.milliseconds(timeout)))
+                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, context: "cannot read the end of \(partition)") }
+                result[partition] = high
+            }
+        }
+        return result
+    }
+
+    /// Moves the fetch positions of assigned partitions to `offsets`.
+    public func seek(_ offsets: [TopicPartition: Int64], timeout: Duration) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        let list = Self.makeList(offsets.keys.sorted()) { offsets[$0]! }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        if let error = rd_kafka_seek_partitions(handle, list, Int32(Self.milliseconds(timeout))) {
+            let message = String(cString: rd_kafka_error_string(error))
+            rd_kafka_error_destroy(error)
+            throw KafkaError(message: "cannot seek: \(message)")
+        }
+        for element in UnsafeBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt)) where element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError(element.err, context: "cannot seek \(element.partition)")
+        }
+    }
+
     /// The high watermark (offset of the next message to be produced) of `partition`, from
     /// the last fetch; `nil` if unknown.
     public func highWatermark(_ partition: TopicPartition) -> Int64? {

@@ -49,6 +49,10 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Processing time after which a silent partition stops holding the watermark, ms. (default: 30000)") var idleTimeoutMs: Int64?
     @Option(help: "When every partition has been idle this long (processing time), the open windows fire; e.g. 60s, 1500ms, 2m; 0 disables. (default: 60s)")
     var closeIdleAfter: String?
+    @Option(help: "A new consumer group starts every partition at its first message at or after this time (ISO-8601, e.g. 2026-11-30T00:00:00Z, or epoch ms); a group with committed offsets resumes there. (default: earliest)")
+    var startFrom: String?
+    @Option(help: "With --start-from: start every partition there even when the group has committed offsets (true/false). (default: false)")
+    var resetOffsets: Bool?
     @Option(help: "Largest accepted message value in bytes. (default: 65536)") var maxMessageBytes: Int?
     @Option(help: "Earliest accepted event time, epoch ms. (default: 946684800000 = 2000-01-01)") var minTimestampMs: Int64?
     @Option(help: "Latest accepted event time, epoch ms. (default: 4102444800000 = 2100-01-01)") var maxTimestampMs: Int64?
@@ -115,8 +119,13 @@ struct AggregatorCommand: ParsableCommand {
                 maximumDelay: .milliseconds(try settings.int("retry-max-ms", retryMaxMs, default: 10_000)),
                 maximumAttempts: maxAttempts > 0 ? maxAttempts : nil
             ),
-            commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000))
+            commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000)),
+            startFrom: try settings.optional("start-from", startFrom).map { try timestamp("start-from", $0) },
+            resetOffsets: try settings.bool("reset-offsets", resetOffsets, default: false)
         )
+        if configuration.resetOffsets && configuration.startFrom == nil {
+            throw ValidationError("--reset-offsets needs --start-from: it says where every partition starts")
+        }
         let port = try settings.int("metrics-port", metricsPort, default: 9464)
         try settings.rejectUnknownKeys()
 
@@ -224,6 +233,7 @@ struct Settings {
     mutating func int(_ key: String, _ flag: Int?, default value: Int) throws -> Int { try parsed(key, flag, default: value) { Int($0) } }
     mutating func int64(_ key: String, _ flag: Int64?, default value: Int64) throws -> Int64 { try parsed(key, flag, default: value) { Int64($0) } }
     mutating func double(_ key: String, _ flag: Double?, default value: Double) throws -> Double { try parsed(key, flag, default: value) { Double($0) } }
+    mutating func bool(_ key: String, _ flag: Bool?, default value: Bool) throws -> Bool { try parsed(key, flag, default: value) { Bool($0) } }
 
     func rejectUnknownKeys() throws {
         let unknown = Set(file.keys).subtracting(used)
@@ -269,4 +279,15 @@ func durationMilliseconds(_ name: String, _ text: String) throws -> Int64? {
     }
     if let seconds = Int64(trimmed), seconds >= 0 { return seconds * 1_000 }
     throw ValidationError("--\(name) expects a duration such as 60s, 1500ms or 2m, got \(text)")
+}
+
+/// An instant given as ISO-8601 with a time zone (`2026-11-30T00:00:00Z`) or epoch milliseconds.
+func timestamp(_ name: String, _ text: String) throws -> Timestamp {
+    if let milliseconds = Int64(text) { return Timestamp(milliseconds: milliseconds) }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    if let date = formatter.date(from: text) ?? ISO8601DateFormatter().date(from: text) {
+        return Timestamp(milliseconds: Int64((date.timeIntervalSince1970 * 1000).rounded()))
+    }
+    throw ValidationError("--\(name) expects an ISO-8601 time with a zone (2026-11-30T00:00:00Z) or epoch milliseconds, got \(text)")
 }

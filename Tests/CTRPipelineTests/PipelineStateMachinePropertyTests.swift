@@ -107,6 +107,8 @@ import Testing
                     }
                 case .fail(let error):
                     Issue.record("the machine failed: \(error)")
+                case .seek, .notice:
+                    Issue.record("no --start-from here: \(action)")
                 }
             }
         }

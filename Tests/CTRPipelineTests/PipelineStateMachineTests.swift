@@ -61,6 +61,32 @@ import Testing
         ])
     }
 
+    @Test func startFromSeeksPartitionsWithoutCommittedOffsetsOnly() {
+        var machine = PipelineStateMachine(
+            configuration: .init(
+                windows: WindowConfiguration(), batchMaxRows: 10, batchMaxDelay: Milliseconds(250), bufferMaxRows: 100,
+                commitInterval: Milliseconds(1_000), writer: "w", topics: [("impressions", .kind(.impression)), ("clicks", .kind(.click))],
+                startFrom: at(-3_600_000)
+            )
+        )
+        _ = machine.assigned([clicks0, impressions0], generation: 1, now: at(0))
+        let actions = machine.committedOffsetsRead([impressions0: .init(offset: 7, metadata: "ctr1")], now: at(0))
+        #expect(actions.count == 2)
+        #expect(actions.last == .seek([clicks0], to: at(-3_600_000)))
+        guard case .notice(let message) = actions.first else {
+            Issue.record("expected a notice that the committed partition ignores --start-from")
+            return
+        }
+        #expect(message.contains("--reset-offsets"))
+        guard case .restore(let request) = machine.startPositionsFound([clicks0: 40], now: at(0)).first else {
+            Issue.record("expected a restore")
+            return
+        }
+        #expect(request.partitionsWithoutHistory == ["clicks:0", "impressions:0"])
+        _ = machine.restored([], now: at(0))
+        #expect(machine.positions.map(\.position) == [40, 7], "clicks start at the time's offset, impressions resume")
+    }
+
     @Test func emissionsWaitUntilTheReplayReachesWhatRestoredRowsReflect() {
         var machine = makeMachine()
         _ = machine.assigned([impressions0], generation: 1, now: at(0))
