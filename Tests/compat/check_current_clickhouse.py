@@ -66,6 +66,7 @@ TOOL_QUERIES = [
     "ORDER BY min(requested_us), holder LIMIT 1",
     "SELECT name, engine FROM system.tables WHERE database = 'ctr'",
     "SELECT product_id, window_minute, weighted_ctr, windows, late_updates FROM ctr.ctr_ml_summary",
+    "SELECT product_id, period_end, impressions_1m, clicks_1m, ctr_1m, impressions_5m, clicks_5m, ctr_5m FROM ctr.ctr_sliding_ctr",
 ]
 
 
