@@ -25,13 +25,16 @@ let package = Package(
 
         // MARK: Pure domain
         .target(name: "CTRWindows"),
+        // The event contract: pure, no I/O, linked as is by scripts/fuzz.sh.
+        .target(name: "EventDecoding", dependencies: ["CTRWindows"]),
         .target(name: "TrafficGenerator", dependencies: ["CTRWindows"]),
 
         // MARK: Edges
+        // The librdkafka adapter: consumer, producer, configuration.
         .target(
             name: "Ingest",
             dependencies: [
-                "CTRWindows", "CRdKafka",
+                "CRdKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -51,7 +54,7 @@ let package = Package(
         .target(
             name: "CTRPipeline",
             dependencies: [
-                "CTRWindows", "Ingest", "ClickHouseSink", "ClickHouseHTTP",
+                "CTRWindows", "EventDecoding", "Ingest", "ClickHouseSink", "ClickHouseHTTP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
@@ -61,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "ctr-aggregator",
             dependencies: [
-                "CTRPipeline",
+                "CTRPipeline", "CTRWindows", "EventDecoding", "Ingest", "ClickHouseSink", "ClickHouseHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -79,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "ctr-producer",
             dependencies: [
-                "TrafficGenerator", "Ingest",
+                "TrafficGenerator", "Ingest", "CTRWindows",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -94,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "ctr-bench",
             dependencies: [
-                "CTRWindows", "Ingest", "TrafficGenerator", "ClickHouseSink", "ClickHouseHTTP",
+                "CTRWindows", "EventDecoding", "Ingest", "TrafficGenerator", "ClickHouseSink", "ClickHouseHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -102,12 +105,13 @@ let package = Package(
         // MARK: Tests
         .target(name: "TestSupport", dependencies: ["ClickHouseHTTP"], path: "Tests/TestSupport"),
         .testTarget(name: "CTRWindowsTests", dependencies: ["CTRWindows"]),
-        .testTarget(name: "IngestTests", dependencies: ["Ingest", "CTRWindows"]),
+        .testTarget(name: "EventDecodingTests", dependencies: ["EventDecoding", "CTRWindows"]),
+        .testTarget(name: "IngestTests", dependencies: ["Ingest", "DevBroker", "TrafficGenerator", "CTRWindows"]),
         .testTarget(name: "KafkaConsumerTests", dependencies: ["Ingest", "TestSupport"]),
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),
-        .testTarget(name: "CTRPipelineTests", dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "Ingest"]),
+        .testTarget(name: "CTRPipelineTests", dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "EventDecoding", "Ingest"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
     ]
 )

@@ -1,6 +1,7 @@
 import ClickHouseHTTP
 import ClickHouseSink
 import CTRWindows
+import EventDecoding
 import Ingest
 
 /// Everything `ctr-aggregator` needs to run; the executable fills it from flags, environment

@@ -1,6 +1,7 @@
 import ClickHouseHTTP
 import ClickHouseSink
 import CTRWindows
+import EventDecoding
 import Foundation
 import Ingest
 import Logging
@@ -161,9 +162,10 @@ public final class AggregatorPipeline: Sendable {
         // MARK: The loop
 
         mutating func pollOnce() {
+            let receivedAt = WallClock.now()
             consumer.poll(maxMessages: configuration.pollBatchSize, timeout: .milliseconds(100)) { message in
                 let decoded = message.topicIndex >= 0 && message.topicIndex < shapes.count
-                    ? configuration.decoder.decode(message.payload, shape: shapes[message.topicIndex])
+                    ? configuration.decoder.decode(message.payload, shape: shapes[message.topicIndex], now: receivedAt)
                     : .failure(Rejection(.wrongType, "message of an unsubscribed topic \(message.topic)"))
                 if case .deadLetter(let rejection) = machine.consumed(
                     topicIndex: message.topicIndex, partition: message.partition, offset: message.offset, decoded
@@ -306,11 +308,7 @@ public final class AggregatorPipeline: Sendable {
                 value: Array(message.payload), key: Array(message.key), reason: rejection.reason, detail: rejection.detail,
                 source: TopicPartition(topic: message.topic, partition: message.partition), offset: message.offset
             )
-            do {
-                try deadLetters.publish(letter)
-            } catch {
-                fatalError = PipelineError("cannot write to the dead-letter topic \(configuration.deadLetterTopic): \(error)")
-            }
+            deadLetters.publish(letter)
             if deadLetterLog.allow() {
                 logger.warning(
                     "message sent to the dead-letter topic",

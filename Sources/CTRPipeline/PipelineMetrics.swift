@@ -1,7 +1,7 @@
 import ClickHouseSink
 import CoreMetrics
 import CTRWindows
-import Ingest
+import EventDecoding
 import Synchronization
 
 /// Counters kept by the pipeline thread without locking and published after every poll.

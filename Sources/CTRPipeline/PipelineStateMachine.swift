@@ -1,5 +1,6 @@
 import ClickHouseSink
 import CTRWindows
+import EventDecoding
 import Ingest
 
 /// Why the aggregator stopped with an error.
@@ -324,7 +325,7 @@ public struct PipelineStateMachine: Sendable {
             counters.rejected[rejection.reason, default: 0] += 1
             return .deadLetter(rejection)
         case .success(let event):
-            let product = catalog.id(for: event.productID)
+            let product = catalog.id(for: event.product.name)
             switch shape {
             case .kind(let kind):
                 return count(kind, product, event, revenueMicros: event.revenueMicros, source: source, offset: offset)

@@ -1,5 +1,9 @@
 import CRdKafka
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A librdkafka failure, with librdkafka's error code and text.
 public struct KafkaError: Error, Sendable, CustomStringConvertible {
     /// `rd_kafka_resp_err_t` value (0 when the error did not come with one).
@@ -17,12 +21,25 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
         self.message = "\(context): \(String(cString: rd_kafka_err2str(error)))"
     }
 
+    /// librdkafka's local queue stayed full (`RD_KAFKA_RESP_ERR__QUEUE_FULL`): back off, or
+    /// pause consuming, and try again later.
+    public var isQueueFull: Bool { code == RD_KAFKA_RESP_ERR__QUEUE_FULL.rawValue }
+
+    /// The message is larger than the producer's `message.max.bytes` (refused locally) or the
+    /// topic's `max.message.bytes` (refused by the broker).
+    public var isMessageTooLarge: Bool { code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE.rawValue }
+
     public var description: String { message }
 }
 
 /// librdkafka client properties (`bootstrap.servers`, `group.id`, `security.protocol`, ...), as
 /// documented in librdkafka's CONFIGURATION.md. Values whose key mentions a secret are redacted
 /// from descriptions.
+///
+/// Secrets should not be given on the command line (every local user can read a process's
+/// arguments): ``parsePropertiesFile(_:)`` reads a properties file and
+/// ``properties(fromEnvironment:)`` reads `CTR_KAFKA_PROPERTY_<NAME>` variables; neither
+/// splits values on commas.
 public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     public var properties: [String: String]
 
@@ -36,7 +53,11 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     }
 
     /// Builds an `rd_kafka_conf_t`; the caller owns it until it hands it to `rd_kafka_new`.
+    ///
+    /// A configuration with `group.id` is a consumer's and is checked with
+    /// ``validateForConsumer()`` first.
     public func makeNativeConfiguration() throws(KafkaError) -> OpaquePointer {
+        if properties["group.id"] != nil { try validateForConsumer() }
         guard let conf = rd_kafka_conf_new() else { throw KafkaError(message: "rd_kafka_conf_new failed") }
         var errorBuffer = [CChar](repeating: 0, count: 512)
         for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
@@ -51,15 +72,182 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
         return conf
     }
 
+    /// Refuses settings the aggregator's consumer cannot work with: a cooperative
+    /// (incremental) assignor. The consumer assigns and revokes whole assignments (eager
+    /// rebalancing: `rd_kafka_assign`, drop everything on revoke); with
+    /// `cooperative-sticky` librdkafka would hand it incremental changes it would misread.
+    public func validateForConsumer() throws(KafkaError) {
+        if let strategy = properties["partition.assignment.strategy"] {
+            let cooperative = strategy.split(separator: ",").map { $0.trimmedBlanks() }.filter { $0.lowercased().contains("cooperative") }
+            if !cooperative.isEmpty {
+                throw KafkaError(
+                    message: "partition.assignment.strategy=\(strategy) is not supported: the aggregator rebalances eagerly "
+                        + "(whole assignments), so a cooperative assignor (\(cooperative.joined(separator: ", "))) cannot be used; "
+                        + "use range (the default) or roundrobin"
+                )
+            }
+        }
+    }
+
     static func isSecret(_ key: String) -> Bool {
         let lowered = key.lowercased()
         return lowered.contains("password") || lowered.contains("secret") || lowered.contains("key.pem")
-            || lowered.contains("jaas") || lowered.contains("token")
+            || lowered.contains("jaas") || lowered.contains("token") || lowered.contains("sasl.oauthbearer.config")
     }
 
     public var description: String {
         properties.sorted(by: { $0.key < $1.key })
             .map { "\($0.key)=\(Self.isSecret($0.key) ? "<redacted>" : $0.value)" }
             .joined(separator: " ")
+    }
+
+    // MARK: Sources of properties
+
+    /// A property source that could not be read, with where and why.
+    public struct SourceError: Error, Sendable, CustomStringConvertible {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    /// Parses one `KEY=VALUE` item (from a flag or a YAML list). The value is everything after
+    /// the first `=`, commas and further `=` included.
+    public static func parseProperty(_ item: String) throws(SourceError) -> (key: String, value: String) {
+        guard let equals = item.firstIndex(of: "=") else {
+            throw SourceError("a Kafka property must be KEY=VALUE, got \(redactedItem(item))")
+        }
+        let key = item[..<equals].trimmedBlanks()
+        guard !key.isEmpty else { throw SourceError("a Kafka property must be KEY=VALUE, got an empty key") }
+        return (key, String(item[item.index(after: equals)...]))
+    }
+
+    /// Parses the text of a properties file: one `KEY=VALUE` per line. Blank lines and lines
+    /// starting with `#` or `!` are ignored. The key is trimmed; the value is everything
+    /// after the first `=` with leading blanks removed and nothing else changed (commas, `=`,
+    /// `#` and trailing blanks are part of it); a trailing `\r` (CRLF files) is dropped.
+    /// There is no escaping and no line continuation.
+    public static func parsePropertiesFile(_ text: String, name: String = "the Kafka properties file") throws(SourceError) -> [String: String] {
+        var properties: [String: String] = [:]
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = Substring(rawLine)
+            if line.hasSuffix("\r") { line = line.dropLast() }
+            let trimmed = line.drop(while: { $0 == " " || $0 == "\t" })
+            if trimmed.isEmpty || trimmed.hasPrefix("#") || trimmed.hasPrefix("!") { continue }
+            guard let equals = trimmed.firstIndex(of: "=") else {
+                throw SourceError("\(name), line \(number + 1): expected KEY=VALUE")
+            }
+            let key = trimmed[..<equals].trimmedBlanks()
+            guard !key.isEmpty else { throw SourceError("\(name), line \(number + 1): empty key") }
+            properties[key] = String(trimmed[trimmed.index(after: equals)...].drop(while: { $0 == " " || $0 == "\t" }))
+        }
+        return properties
+    }
+
+    /// Reads and parses a properties file (see ``parsePropertiesFile(_:name:)``).
+    public static func readPropertiesFile(atPath path: String) throws(SourceError) -> [String: String] {
+        guard let file = fopen(path, "rb") else {
+            throw SourceError("cannot read the Kafka properties file \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count > 0 { bytes.append(contentsOf: buffer[0..<count]) }
+            if count < buffer.count { break }
+        }
+        guard ferror(file) == 0 else { throw SourceError("cannot read the Kafka properties file \(path)") }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw SourceError("the Kafka properties file \(path) is not valid UTF-8")
+        }
+        return try parsePropertiesFile(text, name: path)
+    }
+
+    /// Prefix of the environment variables read by ``properties(fromEnvironment:)``.
+    public static let environmentPrefix = "CTR_KAFKA_PROPERTY_"
+
+    /// Properties from `CTR_KAFKA_PROPERTY_<NAME>` variables, one property per variable, the
+    /// value taken verbatim. `<NAME>` is the property name in upper case with `.` written `_`,
+    /// `_` written `__` and `-` written `___` (the convention of Confluent's Kafka images):
+    /// `CTR_KAFKA_PROPERTY_SASL_PASSWORD` sets `sasl.password`,
+    /// `CTR_KAFKA_PROPERTY_SSL_CIPHER_SUITES` sets `ssl.cipher.suites`.
+    public static func properties(fromEnvironment environment: [String: String]) -> [String: String] {
+        var properties: [String: String] = [:]
+        for (name, value) in environment where name.hasPrefix(environmentPrefix) && name.count > environmentPrefix.count {
+            properties[propertyName(environmentName: String(name.dropFirst(environmentPrefix.count)))] = value
+        }
+        return properties
+    }
+
+    /// `SASL_PASSWORD` → `sasl.password`; `__` → `_`, `___` → `-`.
+    static func propertyName(environmentName: String) -> String {
+        var result = ""
+        var underscores = 0
+        func flush() {
+            switch underscores {
+            case 0: break
+            case 1: result += "."
+            case 2: result += "_"
+            case 3: result += "-"
+            default: result += String(repeating: "_", count: underscores)
+            }
+            underscores = 0
+        }
+        for character in environmentName {
+            if character == "_" {
+                underscores += 1
+            } else {
+                flush()
+                result += character.lowercased()
+            }
+        }
+        flush()
+        return result
+    }
+
+    /// Splits the legacy `CTR_KAFKA_PROPERTIES` value into `KEY=VALUE` items.
+    ///
+    /// Items are separated by newlines. A value without a newline is split on commas, but
+    /// only on a comma followed by something that looks like the next `key=` (a property
+    /// name: lower-case letters, digits, `.`, `_`, `-`), so `ssl.cipher.suites=A,B` stays one
+    /// item. A value that itself contains `,name=` cannot be written this way: use the
+    /// properties file or `CTR_KAFKA_PROPERTY_<NAME>`.
+    public static func splitPropertyList(_ text: String) -> [String] {
+        if text.contains("\n") {
+            return text.split(separator: "\n").map { $0.trimmedBlanks() }.filter { !$0.isEmpty }
+        }
+        var items: [String] = []
+        var current = ""
+        var rest = Substring(text)
+        while let comma = rest.firstIndex(of: ",") {
+            let before = rest[..<comma]
+            let after = rest[rest.index(after: comma)...]
+            current += before
+            if looksLikePropertyStart(after) {
+                items.append(current)
+                current = ""
+            } else {
+                current += ","
+            }
+            rest = after
+        }
+        current += rest
+        items.append(current)
+        return items.map { $0.trimmedBlanks() }.filter { !$0.isEmpty }
+    }
+
+    private static func looksLikePropertyStart(_ text: Substring) -> Bool {
+        let candidate = text.drop(while: { $0 == " " })
+        guard let equals = candidate.firstIndex(of: "="), equals > candidate.startIndex else { return false }
+        return candidate[..<equals].allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "." || $0 == "_" || $0 == "-" }
+    }
+
+    private static func redactedItem(_ item: String) -> String {
+        isSecret(item) ? "<redacted>" : "'\(item)'"
+    }
+}
+
+extension StringProtocol {
+    fileprivate func trimmedBlanks() -> String {
+        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
     }
 }

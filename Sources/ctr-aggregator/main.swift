@@ -5,6 +5,7 @@ import CTRPipeline
 import CTRWindows
 import Dispatch
 import Foundation
+import EventDecoding
 import Ingest
 import Logging
 import Metrics

@@ -3,6 +3,7 @@ import ClickHouseHTTP
 import ClickHouseSink
 import CTRWindows
 import Foundation
+import EventDecoding
 import Ingest
 import TrafficGenerator
 
@@ -71,12 +72,13 @@ struct Stages: ParsableCommand {
             messages.append((message.topic, message.value))
         }
         let decoder = EventDecoder()
+        let now = Timestamp(milliseconds: Int64(Date().timeIntervalSince1970 * 1000))
         var decoded: [(EventKind, String, Timestamp)] = []
         decoded.reserveCapacity(messages.count)
         var start = ContinuousClock.now
         for (topic, value) in messages {
-            if case .success(let event) = decoder.decode(value, expecting: topic.kind) {
-                decoded.append((topic.kind, event.productID, event.timestamp))
+            if case .success(let event) = decoder.decode(value, expecting: topic.kind, now: now) {
+                decoded.append((topic.kind, event.product.name, event.timestamp))
             }
         }
         report("decode", events: messages.count, seconds: seconds(since: start))

@@ -1,6 +1,7 @@
 import ClickHouseHTTP
 import ClickHouseSink
 import CTRWindows
+import EventDecoding
 import Ingest
 import Testing
 

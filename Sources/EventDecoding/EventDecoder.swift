@@ -6,58 +6,11 @@ import Glibc
 import Darwin
 #endif
 
-/// Why a message was refused. The raw value is the reason code written to the dead-letter
-/// topic's `ctr-reason` header.
-public enum RejectionReason: String, Sendable, Hashable, CaseIterable {
-    /// The value is larger than the configured maximum.
-    case tooLarge = "too_large"
-    /// The value is not valid UTF-8.
-    case invalidUTF8 = "invalid_utf8"
-    /// The value is not a JSON document.
-    case notJSON = "not_json"
-    /// The value is JSON but not an object.
-    case notObject = "not_object"
-    /// Nested deeper than the decoder allows.
-    case tooDeep = "too_deep"
-    /// `product_id` or `timestamp` is missing.
-    case missingField = "missing_field"
-    /// A required field appears twice, so its value is ambiguous.
-    case duplicateField = "duplicate_field"
-    /// A field has the wrong JSON type.
-    case wrongType = "wrong_type"
-    /// `product_id` is empty or longer than 256 bytes.
-    case invalidProductID = "invalid_product_id"
-    /// `timestamp` is neither integer epoch milliseconds nor an ISO-8601 date-time with zone.
-    case invalidTimestamp = "invalid_timestamp"
-    /// `timestamp` is outside the accepted range.
-    case timestampOutOfRange = "timestamp_out_of_range"
-    /// `event_type` does not match the topic.
-    case wrongEventType = "wrong_event_type"
-    /// `revenue` is not a non-negative decimal number with at most 6 decimals.
-    case invalidRevenue = "invalid_revenue"
-    /// The click flag of a single-topic event is not 0, 1, true or false.
-    case invalidClickFlag = "invalid_click_flag"
-    /// The event's window had closed (watermark past window end + allowed lateness).
-    case tooLate = "too_late"
-}
-
-/// A refused message: the reason code and a human-readable detail.
-public struct Rejection: Error, Sendable, Hashable, CustomStringConvertible {
-    public var reason: RejectionReason
-    public var detail: String
-
-    public init(_ reason: RejectionReason, _ detail: String) {
-        self.reason = reason
-        self.detail = detail
-    }
-
-    public var description: String { "\(reason.rawValue): \(detail)" }
-}
-
 /// A valid event, as decoded from one message.
 public struct DecodedEvent: Sendable, Hashable {
-    /// The `product_id`, unescaped.
-    public var productID: String
+    /// The `product_id`, unescaped, compared byte for byte (NFC and NFD spellings of the same
+    /// text are two products).
+    public var product: ProductKey
     /// Event time.
     public var timestamp: Timestamp
     /// `revenue` in micro-units of the currency (0 when absent).
@@ -65,11 +18,16 @@ public struct DecodedEvent: Sendable, Hashable {
     /// Single-topic mode: whether the impression was clicked.
     public var clicked: Bool
 
-    public init(productID: String, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
-        self.productID = productID
+    public init(product: ProductKey, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
+        self.product = product
         self.timestamp = timestamp
         self.revenueMicros = revenueMicros
         self.clicked = clicked
+    }
+
+    /// An event of the product whose id is `productID` (compared byte for byte as a ``ProductKey``).
+    public init(productID: String, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
+        self.init(product: ProductKey(productID), timestamp: timestamp, revenueMicros: revenueMicros, clicked: clicked)
     }
 }
 
@@ -86,16 +44,32 @@ public enum EventShape: Sendable, Hashable {
 ///
 /// Contract: a JSON object with `product_id` (non-empty string, at most
 /// ``maximumProductIDBytes`` bytes of UTF-8) and `timestamp` (integer epoch milliseconds, or an
-/// ISO-8601 date-time string with `Z` or a UTC offset); optional `event_type`, which must equal
-/// the expected kind (`"impression"`, `"click"` or `"conversion"`); optional `revenue` on clicks
-/// and conversions (a non-negative decimal number with at most 6 decimals, at most 10^12,
-/// kept exactly as integer micro-units); every other field is ignored, but the whole value must
-/// still be well-formed JSON and valid UTF-8.
+/// ISO-8601 date-time string with `Z` or a UTC offset) within ``timestampRange`` and at most
+/// ``maximumFuture`` ahead of the processing time passed to `decode`; optional `event_type`,
+/// which must equal the expected kind (`"impression"`, `"click"` or `"conversion"`); optional
+/// `revenue` on clicks and conversions (a non-negative decimal number with at most 6 decimals,
+/// at most ``maximumRevenueMicros``, kept exactly as integer micro-units); every other field is
+/// ignored, but the whole value must still be well-formed JSON and valid UTF-8.
 ///
-/// It scans the bytes once and allocates only the product id string (not at all for ids of
-/// up to 15 bytes).
+/// Pure: no clock, no I/O. It scans the bytes once and allocates only the product id string
+/// (not at all for ids of up to 15 bytes).
 public struct EventDecoder: Sendable {
     public static let maximumProductIDBytes = 256
+
+    /// Largest accepted `revenue` of one event, in micro-units: 1,000,000 currency units
+    /// (10^12 micros).
+    ///
+    /// Why this bound: a window's revenue is stored as `Decimal(18, 6)`, at most
+    /// 999,999,999,999.999999 units, i.e. just under 10^18 micros. With at most 10^6 units per
+    /// event, a product's window sum can only overflow after a million maximal events of that
+    /// product in one window, far beyond any real purchase or click price (no click or order
+    /// is worth a million, and a window is 10 s), while the aggregator's `UInt64` micro sums
+    /// (1.8 × 10^19) hold 18 million of them. The window-sum overflow check stays in the
+    /// window state; this bound only makes reaching it require a flood of absurd values.
+    public static let maximumRevenueMicros: UInt64 = 1_000_000_000_000
+
+    /// Default of ``maximumFuture``: 5 minutes.
+    public static let defaultMaximumFuture = Milliseconds(300_000)
 
     /// Largest accepted message value, in bytes.
     public var maximumMessageBytes: Int
@@ -103,6 +77,11 @@ public struct EventDecoder: Sendable {
     public var maximumDepth: Int
     /// Accepted event times, in epoch milliseconds (UTC).
     public var timestampRange: ClosedRange<Int64>
+    /// How far an event time may be ahead of the processing time given to `decode` (producer
+    /// clocks drift, and a broker may hold messages briefly). Later events are refused with
+    /// ``RejectionReason/timestampInFuture``: counted, one of them would move its partition's
+    /// watermark past every real event and pin its offset until the clock catches up.
+    public var maximumFuture: Milliseconds
 
     /// 2000-01-01T00:00:00Z through 2100-01-01T00:00:00Z.
     public static let defaultTimestampRange: ClosedRange<Int64> = 946_684_800_000...4_102_444_800_000
@@ -110,34 +89,43 @@ public struct EventDecoder: Sendable {
     public init(
         maximumMessageBytes: Int = 64 * 1024,
         maximumDepth: Int = 16,
-        timestampRange: ClosedRange<Int64> = EventDecoder.defaultTimestampRange
+        timestampRange: ClosedRange<Int64> = EventDecoder.defaultTimestampRange,
+        maximumFuture: Milliseconds = EventDecoder.defaultMaximumFuture
     ) {
         self.maximumMessageBytes = maximumMessageBytes
         self.maximumDepth = maximumDepth
         self.timestampRange = timestampRange
+        self.maximumFuture = maximumFuture
     }
 
-    /// Decodes `bytes` as an event of kind `expected`.
-    public func decode(_ bytes: UnsafeRawBufferPointer, expecting expected: EventKind) -> Result<DecodedEvent, Rejection> {
-        decode(bytes, shape: .kind(expected))
+    /// Decodes `bytes` as an event of kind `expected`, received at processing time `now`.
+    public func decode(_ bytes: UnsafeRawBufferPointer, expecting expected: EventKind, now: Timestamp) -> Result<DecodedEvent, Rejection> {
+        decode(bytes, shape: .kind(expected), now: now)
     }
 
-    /// Decodes `bytes` as an event of the given shape.
-    public func decode(_ bytes: UnsafeRawBufferPointer, shape: EventShape) -> Result<DecodedEvent, Rejection> {
+    /// Decodes `bytes` as an event of the given shape, received at processing time `now`
+    /// (epoch milliseconds, UTC; only used to refuse event times more than ``maximumFuture``
+    /// ahead of it).
+    public func decode(_ bytes: UnsafeRawBufferPointer, shape: EventShape, now: Timestamp) -> Result<DecodedEvent, Rejection> {
         guard bytes.count <= maximumMessageBytes else {
             return .failure(Rejection(.tooLarge, "value is \(bytes.count) bytes, the limit is \(maximumMessageBytes)"))
         }
         var scanner = JSONScanner(bytes: bytes, maximumDepth: maximumDepth)
         do {
-            return .success(try scanner.event(shape: shape, timestampRange: timestampRange))
+            return .success(try scanner.event(shape: shape, timestampRange: timestampRange, now: now, maximumFuture: maximumFuture))
         } catch {
             return .failure(error)
         }
     }
 
-    /// Decodes `bytes` as an event of kind `expected`.
-    public func decode(_ bytes: [UInt8], expecting expected: EventKind) -> Result<DecodedEvent, Rejection> {
-        bytes.withUnsafeBytes { decode($0, expecting: expected) }
+    /// Decodes `bytes` as an event of kind `expected`, received at processing time `now`.
+    public func decode(_ bytes: [UInt8], expecting expected: EventKind, now: Timestamp) -> Result<DecodedEvent, Rejection> {
+        bytes.withUnsafeBytes { decode($0, expecting: expected, now: now) }
+    }
+
+    /// Decodes `bytes` as an event of the given shape, received at processing time `now`.
+    public func decode(_ bytes: [UInt8], shape: EventShape, now: Timestamp) -> Result<DecodedEvent, Rejection> {
+        bytes.withUnsafeBytes { decode($0, shape: shape, now: now) }
     }
 }
 
@@ -170,7 +158,9 @@ struct JSONScanner {
         case productID, timestamp, eventType, revenue, clickFlag, other
     }
 
-    mutating func event(shape: EventShape, timestampRange: ClosedRange<Int64>) throws(Rejection) -> DecodedEvent {
+    mutating func event(
+        shape: EventShape, timestampRange: ClosedRange<Int64>, now: Timestamp, maximumFuture: Milliseconds
+    ) throws(Rejection) -> DecodedEvent {
         let clickField: [UInt8]?
         let expected: EventKind?
         switch shape {
@@ -191,7 +181,7 @@ struct JSONScanner {
             throw Rejection(.notJSON, "expected '{' at byte \(index)")
         }
         index += 1
-        var productID: String?
+        var productID: ProductKey?
         var timestamp: Int64?
         var sawEventType = false
         var revenue: UInt64?
@@ -247,10 +237,17 @@ struct JSONScanner {
                 "timestamp \(timestamp) ms is outside the accepted range \(timestampRange.lowerBound)...\(timestampRange.upperBound) ms"
             )
         }
+        let ahead = timestamp.subtractingReportingOverflow(now.milliseconds)
+        guard ahead.overflow ? now.milliseconds > 0 : ahead.partialValue <= maximumFuture.value else {
+            throw Rejection(
+                .timestampInFuture,
+                "timestamp \(timestamp) ms is \(ahead.overflow ? "far" : "\(ahead.partialValue) ms") ahead of processing time \(now.milliseconds) ms; at most \(maximumFuture.value) ms are accepted"
+            )
+        }
         if clickField != nil && clicked == nil {
             throw Rejection(.missingField, "the click field \(String(decoding: clickField!, as: UTF8.self)) is required in single-topic mode")
         }
-        return DecodedEvent(productID: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false)
+        return DecodedEvent(product: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false)
     }
 
     // MARK: Fields
@@ -276,7 +273,7 @@ struct JSONScanner {
     }
 
     /// `revenue`: a non-negative decimal JSON number with at most 6 decimals and no exponent,
-    /// at most 10^12, as exact micro-units.
+    /// at most ``EventDecoder/maximumRevenueMicros``, as exact micro-units.
     private mutating func revenueValue() throws(Rejection) -> UInt64 {
         guard let first = peek(), first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else {
             throw Rejection(.invalidRevenue, "revenue must be a number, found \(describeValueStart())")
@@ -293,13 +290,17 @@ struct JSONScanner {
         let whole = parts[0]
         let fraction = parts.count > 1 ? parts[1] : []
         guard fraction.count <= 6 else { throw Rejection(.invalidRevenue, "revenue has more than 6 decimals: \(shown)") }
-        guard whole.count <= 13 else { throw Rejection(.invalidRevenue, "revenue is larger than 10^12: \(shown)") }
-        var micros: UInt64 = 0
-        for digit in whole { micros = micros * 10 + UInt64(digit - 0x30) }
+        let limit = EventDecoder.maximumRevenueMicros
+        let tooLarge = Rejection(.invalidRevenue, "revenue is larger than \(limit / 1_000_000) (the per-event limit): \(shown)")
+        // Whole units beyond 7 digits exceed the limit; fewer cannot overflow the arithmetic below.
+        guard whole.count <= 7 else { throw tooLarge }
+        var units: UInt64 = 0
+        for digit in whole { units = units * 10 + UInt64(digit - 0x30) }
         var fractionMicros: UInt64 = 0
         for position in 0..<6 { fractionMicros = fractionMicros * 10 + (position < fraction.count ? UInt64(fraction[fraction.startIndex + position] - 0x30) : 0) }
-        guard micros <= 1_000_000_000_000 else { throw Rejection(.invalidRevenue, "revenue is larger than 10^12: \(shown)") }
-        return micros * 1_000_000 + fractionMicros
+        let micros = units * 1_000_000 + fractionMicros
+        guard micros <= limit else { throw tooLarge }
+        return micros
     }
 
     /// The single-topic click flag: 0, 1, false or true.
@@ -321,7 +322,7 @@ struct JSONScanner {
         }
     }
 
-    private mutating func productIDValue() throws(Rejection) -> String {
+    private mutating func productIDValue() throws(Rejection) -> ProductKey {
         guard peek() == quote else {
             throw Rejection(.wrongType, "product_id must be a string, found \(describeValueStart())")
         }
@@ -333,7 +334,7 @@ struct JSONScanner {
         guard length <= EventDecoder.maximumProductIDBytes else {
             throw Rejection(.invalidProductID, "product_id is \(length) bytes, the limit is \(EventDecoder.maximumProductIDBytes)")
         }
-        return value
+        return ProductKey(value)
     }
 
     private mutating func timestampValue() throws(Rejection) -> Int64 {
@@ -345,7 +346,7 @@ struct JSONScanner {
             guard let milliseconds = ISO8601Timestamp.parse(text) else {
                 throw Rejection(
                     .invalidTimestamp,
-                    "timestamp \"\(String(decoding: text.prefix(64), as: UTF8.self))\" is not ISO-8601 with a zone (e.g. 2024-05-01T12:00:00.250Z)"
+                    "timestamp \(Self.quoted(String(decoding: text.prefix(64), as: UTF8.self))) is not ISO-8601 with a zone (e.g. 2024-05-01T12:00:00.250Z)"
                 )
             }
             return milliseconds
@@ -381,7 +382,7 @@ struct JSONScanner {
         let (end, escaped) = try scanString()
         let value = escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
         guard value == expected.eventTypeName else {
-            throw Rejection(.wrongEventType, "event_type \"\(value.prefix(64))\" on the \(expected.eventTypeName)s topic must be \"\(expected.eventTypeName)\"")
+            throw Rejection(.wrongEventType, "event_type \(Self.quoted(value)) on the \(expected.eventTypeName)s topic must be \"\(expected.eventTypeName)\"")
         }
     }
 
@@ -615,6 +616,21 @@ struct JSONScanner {
         case 0x61...0x66: byte - 0x61 + 10
         default: nil
         }
+    }
+
+    /// `text` for a detail message: at most 64 characters, in quotes, with control characters,
+    /// quotes and backslashes escaped, so a detail is always one line of plain text.
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars.prefix(64) {
+            switch scalar {
+            case "\"", "\\": result += "\\\(scalar)"
+            case _ where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar == "\u{2028}" || scalar == "\u{2029}":
+                result += "\\u{\(String(scalar.value, radix: 16))}"
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
     }
 
     private static func equals(_ raw: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
