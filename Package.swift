@@ -111,7 +111,10 @@ let package = Package(
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),
-        .testTarget(name: "CTRPipelineTests", dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "EventDecoding", "Ingest"]),
+        .testTarget(
+            name: "CTRPipelineTests",
+            dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "EventDecoding", "Ingest", "DevBroker", "CRdKafka"]
+        ),
         .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
     ]
 )

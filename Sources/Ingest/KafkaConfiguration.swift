@@ -78,7 +78,7 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     /// `cooperative-sticky` librdkafka would hand it incremental changes it would misread.
     public func validateForConsumer() throws(KafkaError) {
         if let strategy = properties["partition.assignment.strategy"] {
-            let cooperative = strategy.split(separator: ",").map { $0.trimmedBlanks() }.filter { $0.lowercased().contains("cooperative") }
+            let cooperative = strategy.split(separator: ",").map { String($0).trimmedBlanks() }.filter { $0.lowercased().contains("cooperative") }
             if !cooperative.isEmpty {
                 throw KafkaError(
                     message: "partition.assignment.strategy=\(strategy) is not supported: the aggregator rebalances eagerly "
@@ -112,12 +112,13 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     /// Parses one `KEY=VALUE` item (from a flag or a YAML list). The value is everything after
     /// the first `=`, commas and further `=` included.
     public static func parseProperty(_ item: String) throws(SourceError) -> (key: String, value: String) {
-        guard let equals = item.firstIndex(of: "=") else {
+        let scalars = item.unicodeScalars
+        guard let equals = scalars.firstIndex(of: "=") else {
             throw SourceError("a Kafka property must be KEY=VALUE, got \(redactedItem(item))")
         }
-        let key = item[..<equals].trimmedBlanks()
+        let key = String(scalars[..<equals]).trimmedBlanks()
         guard !key.isEmpty else { throw SourceError("a Kafka property must be KEY=VALUE, got an empty key") }
-        return (key, String(item[item.index(after: equals)...]))
+        return (key, String(scalars[scalars.index(after: equals)...]))
     }
 
     /// Parses the text of a properties file: one `KEY=VALUE` per line. Blank lines and lines
@@ -126,16 +127,17 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     /// `#` and trailing blanks are part of it); a trailing `\r` (CRLF files) is dropped.
     /// There is no escaping and no line continuation.
     public static func parsePropertiesFile(_ text: String, name: String = "the Kafka properties file") throws(SourceError) -> [String: String] {
+        // Scalars, not Characters: "\r\n" and "=" followed by a combining mark are single Characters.
         var properties: [String: String] = [:]
-        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            var line = Substring(rawLine)
-            if line.hasSuffix("\r") { line = line.dropLast() }
+        for (number, rawLine) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = rawLine
+            if line.last == "\r" { line = line.dropLast() }
             let trimmed = line.drop(while: { $0 == " " || $0 == "\t" })
-            if trimmed.isEmpty || trimmed.hasPrefix("#") || trimmed.hasPrefix("!") { continue }
+            if trimmed.isEmpty || trimmed.first == "#" || trimmed.first == "!" { continue }
             guard let equals = trimmed.firstIndex(of: "=") else {
                 throw SourceError("\(name), line \(number + 1): expected KEY=VALUE")
             }
-            let key = trimmed[..<equals].trimmedBlanks()
+            let key = String(trimmed[..<equals]).trimmedBlanks()
             guard !key.isEmpty else { throw SourceError("\(name), line \(number + 1): empty key") }
             properties[key] = String(trimmed[trimmed.index(after: equals)...].drop(while: { $0 == " " || $0 == "\t" }))
         }
@@ -212,30 +214,30 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     /// item. A value that itself contains `,name=` cannot be written this way: use the
     /// properties file or `CTR_KAFKA_PROPERTY_<NAME>`.
     public static func splitPropertyList(_ text: String) -> [String] {
-        if text.contains("\n") {
-            return text.split(separator: "\n").map { $0.trimmedBlanks() }.filter { !$0.isEmpty }
+        let scalars = text.unicodeScalars
+        if scalars.contains("\n") {
+            return scalars.split(separator: "\n").map { String($0).trimmedBlanks() }.filter { !$0.isEmpty }
         }
         var items: [String] = []
-        var current = ""
-        var rest = Substring(text)
+        var current = String.UnicodeScalarView()
+        var rest = scalars[...]
         while let comma = rest.firstIndex(of: ",") {
-            let before = rest[..<comma]
-            let after = rest[rest.index(after: comma)...]
-            current += before
+            let after = rest[scalars.index(after: comma)...]
+            current.append(contentsOf: rest[..<comma])
             if looksLikePropertyStart(after) {
-                items.append(current)
-                current = ""
+                items.append(String(current))
+                current = String.UnicodeScalarView()
             } else {
-                current += ","
+                current.append(",")
             }
             rest = after
         }
-        current += rest
-        items.append(current)
+        current.append(contentsOf: rest)
+        items.append(String(current))
         return items.map { $0.trimmedBlanks() }.filter { !$0.isEmpty }
     }
 
-    private static func looksLikePropertyStart(_ text: Substring) -> Bool {
+    private static func looksLikePropertyStart(_ text: Substring.UnicodeScalarView) -> Bool {
         let candidate = text.drop(while: { $0 == " " })
         guard let equals = candidate.firstIndex(of: "="), equals > candidate.startIndex else { return false }
         return candidate[..<equals].allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "." || $0 == "_" || $0 == "-" }
@@ -246,8 +248,13 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
     }
 }
 
-extension StringProtocol {
+extension String {
+    /// Without leading and trailing spaces and tabs.
     fileprivate func trimmedBlanks() -> String {
-        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { $0 != " " && $0 != "\t" }),
+            let last = scalars.lastIndex(where: { $0 != " " && $0 != "\t" })
+        else { return "" }
+        return String(scalars[first...last])
     }
 }

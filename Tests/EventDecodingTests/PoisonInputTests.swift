@@ -13,10 +13,11 @@ import Testing
         decoder.decode(Array(text.utf8), expecting: kind, now: now)
     }
 
-    func revenue(_ literal: String) -> Result<UInt64, RejectionReason> {
+    /// The revenue in micros, or the rejection reason's code.
+    func revenue(_ literal: String) -> String {
         switch decode(#"{"product_id":"p","timestamp":1700000000000,"revenue":\#(literal)}"#) {
-        case .success(let event): .success(event.revenueMicros)
-        case .failure(let rejection): .failure(rejection.reason)
+        case .success(let event): "\(event.revenueMicros)"
+        case .failure(let rejection): rejection.reason.rawValue
         }
     }
 
@@ -24,12 +25,12 @@ import Testing
 
     @Test func revenueUpToTheBoundIsExact() {
         #expect(EventDecoder.maximumRevenueMicros == 1_000_000_000_000)
-        #expect(revenue("0") == .success(0))
-        #expect(revenue("0.000001") == .success(1))
-        #expect(revenue("0.35") == .success(350_000))
-        #expect(revenue("999999.999999") == .success(999_999_999_999))
-        #expect(revenue("1000000") == .success(1_000_000_000_000))
-        #expect(revenue("1000000.000000") == .success(1_000_000_000_000))
+        #expect(revenue("0") == "0")
+        #expect(revenue("0.000001") == "1")
+        #expect(revenue("0.35") == "350000")
+        #expect(revenue("999999.999999") == "999999999999")
+        #expect(revenue("1000000") == "1000000000000")
+        #expect(revenue("1000000.000000") == "1000000000000")
     }
 
     @Test(arguments: [
@@ -37,7 +38,7 @@ import Testing
         "-1", "1e3", "0.0000001", "\"5\"", "null",
     ])
     func revenueBeyondTheBoundOrMalformedIsInvalid(literal: String) {
-        #expect(revenue(literal) == .failure(.invalidRevenue), "\(literal)")
+        #expect(revenue(literal) == "invalid_revenue", "\(literal)")
     }
 
     /// The documented bound: a product's window sum of revenue cannot overflow
@@ -120,7 +121,7 @@ import Testing
         #expect(composed == rawComposed && decomposed == rawDecomposed)
         #expect(Array(composed.name.utf8) == [0x63, 0x61, 0x66, 0xC3, 0xA9])
         #expect(Array(decomposed.name.utf8) == [0x63, 0x61, 0x66, 0x65, 0xCC, 0x81])
-        #expect(composed < decomposed)
+        #expect(decomposed.name.utf8.lexicographicallyPrecedes(composed.name.utf8))
     }
 
     @Test func escapesDecodeToTheExactScalars() throws {
