@@ -89,7 +89,9 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
         }
     }
 
-    static func isSecret(_ key: String) -> Bool {
+    /// Whether `key` names a secret (redacted from descriptions, never to be given on a
+    /// command line).
+    public static func isSecret(_ key: String) -> Bool {
         let lowered = key.lowercased()
         return lowered.contains("password") || lowered.contains("secret") || lowered.contains("key.pem")
             || lowered.contains("jaas") || lowered.contains("token") || lowered.contains("sasl.oauthbearer.config")
@@ -180,6 +182,12 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
         return properties
     }
 
+    /// The `CTR_KAFKA_PROPERTY_<NAME>` variable that sets `key`.
+    public static func environmentName(of key: String) -> String {
+        environmentPrefix
+            + key.uppercased().replacingAll("_", with: "__").replacingAll("-", with: "___").replacingAll(".", with: "_")
+    }
+
     /// `SASL_PASSWORD` → `sasl.password`; `__` → `_`, `___` → `-`.
     static func propertyName(environmentName: String) -> String {
         var result = ""
@@ -249,6 +257,14 @@ public struct KafkaConfiguration: Sendable, CustomStringConvertible {
 }
 
 extension String {
+    fileprivate func replacingAll(_ target: Unicode.Scalar, with replacement: String) -> String {
+        var result = ""
+        for scalar in unicodeScalars {
+            if scalar == target { result += replacement } else { result.unicodeScalars.append(scalar) }
+        }
+        return result
+    }
+
     /// Without leading and trailing spaces and tabs.
     fileprivate func trimmedBlanks() -> String {
         let scalars = unicodeScalars

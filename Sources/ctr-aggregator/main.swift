@@ -25,6 +25,11 @@ struct AggregatorCommand: ParsableCommand {
             Precedence: flag > environment > file > default.
             ClickHouse credentials come only from CLICKHOUSE_USER and CLICKHOUSE_PASSWORD or --clickhouse-password-file \
             (CLICKHOUSE_PASSWORD_FILE), never from a flag.
+            Kafka secrets (sasl.password, ssl.key.password, ...) belong in --kafka-properties-file or in \
+            CTR_KAFKA_PROPERTY_<NAME> variables (sasl.password: CTR_KAFKA_PROPERTY_SASL_PASSWORD; '.' is '_', '_' is '__', \
+            '-' is '___'), not on the command line, which every local user can read. Kafka properties apply in this order, \
+            later ones winning: --brokers, the kafka-properties list (YAML) or CTR_KAFKA_PROPERTIES, the properties file, \
+            CTR_KAFKA_PROPERTY_<NAME>, --kafka-property.
             """
     )
 
@@ -38,8 +43,12 @@ struct AggregatorCommand: ParsableCommand {
     var eventsTopic: String?
     @Option(help: "Click flag field in single-topic mode. (default: click)") var clickField: String?
     @Option(help: "Dead-letter topic for refused and too-late messages. (default: ctr-dlq)") var dlqTopic: String?
-    @Option(help: "Extra librdkafka property KEY=VALUE, e.g. security.protocol=SASL_SSL; repeatable. (env: CTR_KAFKA_PROPERTIES, comma-separated)")
+    @Option(
+        help: "Extra librdkafka property KEY=VALUE, e.g. security.protocol=SASL_SSL; repeatable. Not for secrets. (env: CTR_KAFKA_PROPERTIES, one per line)"
+    )
     var kafkaProperty: [String] = []
+    @Option(help: "File of librdkafka properties, one KEY=VALUE per line (values may contain commas; # comments): the place for secrets.")
+    var kafkaPropertiesFile: String?
     @Option(help: "ClickHouse HTTP(S) URL. (default: http://127.0.0.1:8123)") var clickhouseUrl: String?
     @Option(help: "ClickHouse database. (default: default)") var database: String?
     @Option(help: "File holding the ClickHouse password.") var clickhousePasswordFile: String?
@@ -57,6 +66,8 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Largest accepted message value in bytes. (default: 65536)") var maxMessageBytes: Int?
     @Option(help: "Earliest accepted event time, epoch ms. (default: 946684800000 = 2000-01-01)") var minTimestampMs: Int64?
     @Option(help: "Latest accepted event time, epoch ms. (default: 4102444800000 = 2100-01-01)") var maxTimestampMs: Int64?
+    @Option(help: "How far an event time may be ahead of processing time before it is refused as timestamp_in_future, ms. (default: 300000)")
+    var maxFutureMs: Int64?
     @Option(help: "Rows per insert batch. (default: 50000)") var batchMaxRows: Int?
     @Option(help: "Longest wait before a batch is sent, ms. (default: 250)") var batchMaxDelayMs: Int?
     @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: 1000000)") var bufferMaxRows: Int?
@@ -73,12 +84,7 @@ struct AggregatorCommand: ParsableCommand {
     func run() throws {
         var settings = try Settings(configFile: config ?? ProcessInfo.processInfo.environment["CTR_CONFIG"])
         let logger = makeLogger(format: settings.string("log-format", logFormat, default: "text"), level: settings.string("log-level", logLevel, default: "info"))
-        var kafka = KafkaConfiguration(["bootstrap.servers": settings.string("brokers", brokers, default: "localhost:9092")])
-        for property in kafkaProperty + settings.list("kafka-properties") {
-            let parts = property.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("--kafka-property expects KEY=VALUE, got \(property)") }
-            kafka[String(parts[0])] = String(parts[1])
-        }
+        let kafka = try kafkaConfiguration(&settings, logger: logger)
         let timeout = Duration.milliseconds(try settings.int("request-timeout-ms", requestTimeoutMs, default: 30_000))
         let endpoint = ClickHouseEndpoint(
             url: settings.string("clickhouse-url", clickhouseUrl, default: "http://127.0.0.1:8123"),
@@ -109,7 +115,8 @@ struct AggregatorCommand: ParsableCommand {
             decoder: EventDecoder(
                 maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: 65_536),
                 timestampRange: try settings.int64("min-timestamp-ms", minTimestampMs, default: EventDecoder.defaultTimestampRange.lowerBound)
-                    ... settings.int64("max-timestamp-ms", maxTimestampMs, default: EventDecoder.defaultTimestampRange.upperBound)
+                    ... settings.int64("max-timestamp-ms", maxTimestampMs, default: EventDecoder.defaultTimestampRange.upperBound),
+                maximumFuture: Milliseconds(try settings.int64("max-future-ms", maxFutureMs, default: EventDecoder.defaultMaximumFuture.value))
             ),
             batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: 50_000),
             batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: 250)),
@@ -161,6 +168,39 @@ struct AggregatorCommand: ParsableCommand {
         }
     }
 
+    /// The librdkafka properties, from (lowest precedence first) `--brokers`, the
+    /// `kafka-properties` list, the properties file, `CTR_KAFKA_PROPERTY_<NAME>` and
+    /// `--kafka-property`; checked for the consumer.
+    private func kafkaConfiguration(_ settings: inout Settings, logger: Logger) throws -> KafkaConfiguration {
+        var kafka = KafkaConfiguration(["bootstrap.servers": settings.string("brokers", brokers, default: "localhost:9092")])
+        do {
+            for item in settings.list("kafka-properties") {
+                let (key, value) = try KafkaConfiguration.parseProperty(item)
+                kafka[key] = value
+            }
+            if let path = settings.optional("kafka-properties-file", kafkaPropertiesFile) {
+                kafka.properties.merge(try KafkaConfiguration.readPropertiesFile(atPath: path)) { $1 }
+            }
+            kafka.properties.merge(KafkaConfiguration.properties(fromEnvironment: ProcessInfo.processInfo.environment)) { $1 }
+            for item in kafkaProperty {
+                let (key, value) = try KafkaConfiguration.parseProperty(item)
+                if KafkaConfiguration.isSecret(key) {
+                    logger.warning(
+                        "a secret Kafka property is on the command line, where every local user can read it; use --kafka-properties-file or an environment variable",
+                        metadata: ["property": "\(key)", "variable": "\(KafkaConfiguration.environmentName(of: key))"]
+                    )
+                }
+                kafka[key] = value
+            }
+            try kafka.validateForConsumer()
+        } catch let error as KafkaConfiguration.SourceError {
+            throw ValidationError(error.description)
+        } catch let error as KafkaError {
+            throw ValidationError(error.message)
+        }
+        return kafka
+    }
+
     private func makeLogger(format: String, level: String) -> Logger {
         let json = format.lowercased() == "json"
         LoggingSystem.bootstrap { label in
@@ -175,6 +215,8 @@ struct AggregatorCommand: ParsableCommand {
 /// Resolves settings from flags, `CTR_*` environment variables and the YAML file.
 struct Settings {
     private var file: [String: String] = [:]
+    /// YAML sequences, item by item (never joined and split again).
+    private var fileLists: [String: [String]] = [:]
     private var used: Set<String> = ["log-format", "log-level", "kafka-properties"]
     private let environment = ProcessInfo.processInfo.environment
     private let configFile: String?
@@ -198,7 +240,8 @@ struct Settings {
         for (key, value) in mapping {
             guard let name = key.string else { continue }
             if let sequence = value.sequence {
-                file[name] = sequence.compactMap(\.string).joined(separator: ",")
+                fileLists[name] = sequence.compactMap(\.string)
+                file[name] = fileLists[name]!.joined(separator: "\n")
             } else {
                 file[name] = value.string ?? ""
             }
@@ -218,8 +261,14 @@ struct Settings {
         optional(key, flag) ?? value
     }
 
+    /// A list setting: the environment variable's items (one per line; see
+    /// `KafkaConfiguration.splitPropertyList` for the comma rule), else the YAML sequence's
+    /// items as they are (a YAML string is split like the variable).
     mutating func list(_ key: String) -> [String] {
-        (optional(key, nil) ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        used.insert(key)
+        if let text = environment[Self.environmentName(key)] { return KafkaConfiguration.splitPropertyList(text) }
+        if let items = fileLists[key] { return items.filter { !$0.isEmpty } }
+        return file[key].map(KafkaConfiguration.splitPropertyList) ?? []
     }
 
     private mutating func parsed<T>(_ key: String, _ flag: T?, default value: T, _ parse: (String) -> T?) throws -> T {

@@ -81,6 +81,14 @@ import Glibc
         )
     }
 
+    @Test func environmentNamesRoundTrip() {
+        for key in ["sasl.password", "ssl.key.password", "some_odd-name.x"] {
+            let name = KafkaConfiguration.environmentName(of: key)
+            #expect(KafkaConfiguration.properties(fromEnvironment: [name: "v"]) == [key: "v"], "\(name)")
+        }
+        #expect(KafkaConfiguration.environmentName(of: "sasl.password") == "CTR_KAFKA_PROPERTY_SASL_PASSWORD")
+    }
+
     @Test func singleItemsSplitAtTheFirstEqualsSign() throws {
         let (key, value) = try KafkaConfiguration.parseProperty("sasl.password=a,b=c")
         #expect(key == "sasl.password" && value == "a,b=c")
