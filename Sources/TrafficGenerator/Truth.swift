@@ -3,10 +3,29 @@ import CTRWindows
 /// The exact counts the aggregator must produce for the messages sent, per (product, window),
 /// written as the producer's `--truth-file`.
 public struct Truth: Sendable {
+    /// A (product, window); products are compared byte for byte, as the aggregator and
+    /// ClickHouse compare them (NFC and NFD spellings are two products).
     public struct Key: Hashable, Sendable, Comparable {
         public var product: String
         public var windowStart: Int64
-        public static func < (lhs: Key, rhs: Key) -> Bool { (lhs.windowStart, lhs.product) < (rhs.windowStart, rhs.product) }
+
+        public init(product: String, windowStart: Int64) {
+            self.product = product
+            self.windowStart = windowStart
+        }
+
+        public static func == (lhs: Key, rhs: Key) -> Bool {
+            lhs.windowStart == rhs.windowStart && ProductKey(lhs.product) == ProductKey(rhs.product)
+        }
+
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(windowStart)
+            hasher.combine(ProductKey(product))
+        }
+
+        public static func < (lhs: Key, rhs: Key) -> Bool {
+            (lhs.windowStart, ProductKey(lhs.product)) < (rhs.windowStart, ProductKey(rhs.product))
+        }
     }
 
     public let assigner: WindowAssigner

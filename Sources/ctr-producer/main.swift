@@ -1,8 +1,8 @@
 import ArgumentParser
 import CTRWindows
 import Foundation
-import Synchronization
 import Ingest
+import Synchronization
 import TrafficGenerator
 
 /// Options shared by the traffic sources.
@@ -14,7 +14,9 @@ struct KafkaOptions: ParsableArguments {
     @Option(help: "Conversions topic (used with --conversion-rate).") var conversionsTopic = "conversions"
     @Option(help: "Single-topic mode: publish impressions with a `click` flag to this topic instead of impressions and clicks.")
     var eventsTopic: String?
-    @Option(help: "Extra librdkafka property KEY=VALUE; repeatable.") var kafkaProperty: [String] = []
+    @Option(help: "Extra librdkafka property KEY=VALUE; repeatable. Not for secrets: see --kafka-properties-file.") var kafkaProperty: [String] = []
+    @Option(help: "File of librdkafka properties, one KEY=VALUE per line (also read: CTR_KAFKA_PROPERTY_<NAME> variables).")
+    var kafkaPropertiesFile: String?
 
     func configuration() throws -> KafkaConfiguration {
         var servers = brokers ?? ProcessInfo.processInfo.environment["CTR_BROKERS"]
@@ -25,26 +27,23 @@ struct KafkaOptions: ParsableArguments {
             servers = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         var configuration = KafkaConfiguration(["bootstrap.servers": servers ?? "localhost:9092"])
-        for property in kafkaProperty {
-            let parts = property.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("--kafka-property expects KEY=VALUE, got \(property)") }
-            configuration[String(parts[0])] = String(parts[1])
+        do {
+            if let kafkaPropertiesFile {
+                configuration.properties.merge(try KafkaConfiguration.readPropertiesFile(atPath: kafkaPropertiesFile)) { $1 }
+            }
+            configuration.properties.merge(KafkaConfiguration.properties(fromEnvironment: ProcessInfo.processInfo.environment)) { $1 }
+            for property in kafkaProperty {
+                let (key, value) = try KafkaConfiguration.parseProperty(property)
+                configuration[key] = value
+            }
+        } catch {
+            throw ValidationError(error.description)
         }
         return configuration
     }
 
-    func topicName(_ topic: InputTopic) -> String {
-        switch topic {
-        case .impressions: impressionsTopic
-        case .clicks: clicksTopic
-        case .conversions: conversionsTopic
-        case .events: eventsTopic ?? impressionsTopic
-        }
-    }
-
-    /// The topics the stream goes to (for the final watermark events).
-    func topics(conversions: Bool) -> [InputTopic] {
-        (eventsTopic != nil ? [.events] : [.impressions, .clicks]) + (conversions ? [.conversions] : [])
+    var topics: TopicNames {
+        TopicNames(impressions: impressionsTopic, clicks: clicksTopic, conversions: conversionsTopic, events: eventsTopic)
     }
 }
 
@@ -55,75 +54,51 @@ struct WindowOptions: ParsableArguments {
     @Option(help: "Aggregator allowed lateness, ms (for the final watermark events).") var allowedLatenessMs: Int64 = 5_000
     @Option(help: "Write the exact expected counts per (product, window) to this JSON file.") var truthFile: String?
     @Flag(help: "Do not send the events that move every partition's watermark past the stream's windows.") var noFinalWatermark = false
-}
 
-/// Publishes messages with progress on stderr, and the truth file at the end.
-struct Publisher {
-    let producer: KafkaProducer
-    let kafka: KafkaOptions
-    var truth: Truth
-    var sent = 0
-    let started = ContinuousClock.now
-    var lastProgress = ContinuousClock.now
-
-    init(kafka: KafkaOptions, windows: WindowOptions) throws {
-        producer = try KafkaProducer(configuration: try kafka.configuration())
-        self.kafka = kafka
-        truth = Truth(windowSize: Milliseconds(windows.windowMs))
-    }
-
-    mutating func send(_ message: GeneratedMessage, partition: Int32? = nil) throws {
-        try producer.send(topic: kafka.topicName(message.topic), partition: partition, key: message.key, value: message.value)
-        truth.record(message)
-        sent += 1
-        if sent % 1024 == 0 {
-            producer.poll()
-            if ContinuousClock.now - lastProgress >= .seconds(1) {
-                lastProgress = .now
-                progress()
-            }
-        }
-    }
-
-    func progress(final: Bool = false) {
-        let elapsed = ContinuousClock.now - started
-        let seconds = max(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, 1e-9)
-        let line = "\(final ? "done: " : "")sent \(sent) messages in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / seconds)) msg/s)"
-        FileHandle.standardError.write(Data((line + "\n").utf8))
-    }
-
-    /// Sends one event per partition of both topics far enough ahead that every partition's
-    /// watermark passes every window of the stream; returns the resulting watermark.
-    mutating func sendFinalWatermark(_ windows: WindowOptions, conversions: Bool = false, productName: (Int) -> String) throws -> Timestamp? {
-        guard !windows.noFinalWatermark, truth.maxEventTime > .min else { return nil }
-        let time = Timestamp(milliseconds: truth.maxEventTime + windows.windowMs + windows.outOfOrdernessMs + windows.allowedLatenessMs + 1_000)
-        for topic in kafka.topics(conversions: conversions) {
-            let partitions = try producer.partitionCount(topic: kafka.topicName(topic), timeout: .seconds(10))
-            for partition in 0..<partitions {
-                let product = productName(partition)
-                try send(
-                    TrafficGenerator.event(product: product, timestamp: time, topic: topic, eventID: "final-\(topic)-\(partition)"),
-                    partition: Int32(partition)
-                )
-            }
-        }
-        return time - Milliseconds(windows.outOfOrdernessMs)
-    }
-
-    mutating func finish(_ windows: WindowOptions, finalWatermark: Timestamp?) throws {
-        try producer.flush(timeout: .seconds(120))
-        progress(final: true)
-        if let truthFile = windows.truthFile {
-            try Data(truth.json(finalWatermark: finalWatermark)).write(to: URL(fileURLWithPath: truthFile))
-        }
-        let counted = truth.totals
-        print(
-            "sent impressions=\(truth.sent[.impressions] ?? 0) clicks=\(truth.sent[.clicks] ?? 0) conversions=\(truth.sent[.conversions] ?? 0) "
-                + "events=\(truth.sent[.events] ?? 0) counted_impressions=\(counted.impressions) counted_clicks=\(counted.clicks) "
-                + "counted_conversions=\(counted.conversions) counted_revenue_micros=\(counted.revenueMicros) "
-                + "too_late=\(truth.tooLate) invalid=\(truth.invalid.values.reduce(0, +)) windows=\(truth.counts.count)"
+    var rules: WindowRules {
+        WindowRules(
+            windowSize: Milliseconds(windowMs), outOfOrderness: Milliseconds(outOfOrdernessMs),
+            allowedLateness: Milliseconds(allowedLatenessMs), sendsFinalWatermark: !noFinalWatermark
         )
     }
+}
+
+/// The Kafka producer as the publisher's sink.
+final class KafkaSink: MessageSink {
+    let producer: KafkaProducer
+
+    init(_ options: KafkaOptions) throws {
+        producer = try KafkaProducer(configuration: try options.configuration())
+    }
+
+    /// Waits for room in librdkafka's queue for up to a minute (the brokers may be restarting).
+    func publish(topic: String, partition: Int32?, key: [UInt8], value: [UInt8]) throws {
+        try producer.send(topic: topic, partition: partition, key: key, value: value, queueFullTimeout: .seconds(60))
+    }
+
+    func partitionCount(of topic: String) throws -> Int {
+        try producer.partitionCount(topic: topic, timeout: .seconds(10))
+    }
+
+    func serveDeliveries() { producer.poll() }
+
+    func finishDeliveries() throws {
+        try producer.flush(timeout: .seconds(120))
+        if producer.failedCount > 0 {
+            throw KafkaError(message: "\(producer.failedCount) message(s) could not be delivered: \(producer.firstFailure ?? "unknown error")")
+        }
+    }
+}
+
+func makePublisher(_ kafka: KafkaOptions, _ windows: WindowOptions) throws -> Publisher<KafkaSink> {
+    Publisher(sink: try KafkaSink(kafka), topics: kafka.topics, rules: windows.rules) { line in
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+}
+
+func sleepFor(_ duration: Duration?) {
+    guard let duration else { return }
+    Thread.sleep(forTimeInterval: Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
 }
 
 struct ProducerCommand: ParsableCommand {
@@ -181,8 +156,10 @@ struct Synthetic: ParsableCommand {
                 singleTopic: kafka.eventsTopic != nil
             )
         )
-        var publisher = try Publisher(kafka: kafka, windows: windows)
+        var publisher = try makePublisher(kafka, windows)
+        let pacer = RatePacer(rate: rate)
         let began = ContinuousClock.now
+        let limit = duration.map { Duration.nanoseconds(Int64($0 * 1e9)) }
         var stop = false
         let interrupted = installInterruptHandler()
         while !stop, let message = generator.next() {
@@ -190,20 +167,16 @@ struct Synthetic: ParsableCommand {
             if let count, publisher.sent >= count { stop = true }
             if publisher.sent % 256 == 0 {
                 let elapsed = ContinuousClock.now - began
-                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                if let duration, seconds >= duration { stop = true }
+                if let limit, elapsed >= limit { stop = true }
                 if interrupted() { stop = true }
-                if rate > 0 {
-                    let ahead = Double(publisher.sent) / rate - seconds
-                    if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
-                }
+                sleepFor(pacer.delay(afterSent: publisher.sent, elapsed: elapsed))
             }
         }
         let products = self.products
-        let watermark = try publisher.sendFinalWatermark(windows, conversions: conversionRate > 0) {
+        let watermark = try publisher.sendFinalWatermark(conversions: conversionRate > 0) {
             TrafficGenerator.productName($0 % max(products, 1))
         }
-        try publisher.finish(windows, finalWatermark: watermark)
+        print(try publisher.finish(finalWatermark: watermark, truthFile: windows.truthFile))
     }
 }
 
@@ -228,7 +201,12 @@ struct Avazu: ParsableCommand {
     @Option(help: "Stop after this many rows.") var limit: Int?
 
     func run() throws {
-        let reader = try LineReader(path: file)
+        let reader: LineReader
+        do {
+            reader = try LineReader(path: file)
+        } catch {
+            throw ValidationError("\(error)")
+        }
         guard let header = reader.next() else { throw ValidationError("\(file) is empty") }
         let replay: AvazuReplay
         do {
@@ -236,30 +214,20 @@ struct Avazu: ParsableCommand {
         } catch {
             throw ValidationError("\(file): \(error)")
         }
-        var publisher = try Publisher(kafka: kafka, windows: windows)
+        var publisher = try makePublisher(kafka, windows)
+        var order = HourlyEventTimeOrder()
+        var pacer = ReplayPacer(speedup: speedup)
         var line = 1
         var rows = 0
         var badRows = 0
-        var hour: [GeneratedMessage] = []
-        var currentHour: Int64?
-        var firstEventTime: Int64?
         let began = ContinuousClock.now
         let interrupted = installInterruptHandler()
 
-        func flush() throws {
-            hour.sort { ($0.expectation.time ?? 0) < ($1.expectation.time ?? 0) }
-            for message in hour {
-                if speedup > 0, let time = message.expectation.time {
-                    let first = firstEventTime ?? time
-                    firstEventTime = first
-                    let due = Double(time - first) / 1000 / speedup
-                    let elapsed = ContinuousClock.now - began
-                    let ahead = due - (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
-                    if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
-                }
+        func send(_ messages: [GeneratedMessage]) throws {
+            for message in messages {
+                if let time = message.expectation.time { sleepFor(pacer.delay(beforeEventAt: time, elapsed: ContinuousClock.now - began)) }
                 try publisher.send(message)
             }
-            hour.removeAll(keepingCapacity: true)
         }
 
         while let text = reader.next() {
@@ -276,88 +244,13 @@ struct Avazu: ParsableCommand {
                 continue
             }
             rows += 1
-            let rowHour = row.impressionTime.milliseconds / 3_600_000
-            if rowHour != currentHour {
-                try flush()
-                currentHour = rowHour
-            }
             let id = String(text.prefix(while: { $0 != "," }))
-            if kafka.eventsTopic != nil {
-                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .events, eventID: id, clicked: row.clicked))
-            } else {
-                hour.append(TrafficGenerator.event(product: row.product, timestamp: row.impressionTime, topic: .impressions, eventID: id))
-                if row.clicked {
-                    hour.append(TrafficGenerator.event(product: row.product, timestamp: row.clickTime, topic: .clicks, eventID: id + "-click"))
-                }
-            }
+            try send(order.add(AvazuReplay.messages(of: row, id: id, singleTopic: kafka.eventsTopic != nil), at: row.impressionTime))
         }
-        try flush()
+        try send(order.finish())
         FileHandle.standardError.write(Data("read \(rows) rows, \(badRows) bad rows reported above\n".utf8))
-        let watermark = try publisher.sendFinalWatermark(windows) { _ in "avazu-end-of-stream" }
-        try publisher.finish(windows, finalWatermark: watermark)
-    }
-}
-
-extension GeneratedMessage.Expectation {
-    var time: Int64? {
-        if case .counted(_, let timestamp, _) = self { return timestamp.milliseconds }
-        return nil
-    }
-}
-
-/// Reads a text file line by line, through `gzip -dc` when the name ends in `.gz`.
-final class LineReader {
-    private let handle: FileHandle
-    private let process: Process?
-    private var buffer: [UInt8] = []
-    private var start = 0
-    private var finished = false
-
-    init(path: String) throws {
-        guard FileManager.default.isReadableFile(atPath: path) else {
-            throw ValidationError("cannot read \(path): check that the file exists and is readable")
-        }
-        if path.hasSuffix(".gz") {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["gzip", "-dc", path]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
-            self.process = process
-            handle = pipe.fileHandleForReading
-        } else {
-            guard let file = FileHandle(forReadingAtPath: path) else { throw ValidationError("cannot open \(path)") }
-            handle = file
-            process = nil
-        }
-    }
-
-    /// The next line without its terminator (`\n` or `\r\n`), or `nil` at the end.
-    func next() -> Substring? {
-        while true {
-            if let newline = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
-                var end = newline
-                if end > start && buffer[end - 1] == UInt8(ascii: "\r") { end -= 1 }
-                let line = String(decoding: buffer[start..<end], as: UTF8.self)
-                start = newline + 1
-                return Substring(line)
-            }
-            if finished {
-                guard start < buffer.count else { return nil }
-                let line = String(decoding: buffer[start...], as: UTF8.self)
-                start = buffer.count
-                return Substring(line)
-            }
-            buffer.removeFirst(start)
-            start = 0
-            let chunk = handle.readData(ofLength: 1 << 20)
-            if chunk.isEmpty { finished = true } else { buffer.append(contentsOf: chunk) }
-        }
-    }
-
-    deinit {
-        process?.waitUntilExit()
+        let watermark = try publisher.sendFinalWatermark { _ in "avazu-end-of-stream" }
+        print(try publisher.finish(finalWatermark: watermark, truthFile: windows.truthFile))
     }
 }
 
