@@ -152,6 +152,8 @@ public struct DeadLetterLedger: Sendable {
     public static let minimumMessageBytes = 1024
 
     public private(set) var entries: [ID: Entry] = [:]
+    /// The waiting entries' due times (so that finding what is due does not scan letters in flight).
+    private var waiting: [ID: ContinuousClock.Instant] = [:]
     private var offsets: [TopicPartition: [ID: Int64]] = [:]
     private var nextID: ID = 1
     /// Bytes of key and value held for re-sending.
@@ -171,6 +173,7 @@ public struct DeadLetterLedger: Sendable {
         let id = nextID
         nextID += 1
         entries[id] = Entry(letter: letter, maximumBytes: maximumBytes, failures: 0, state: .waiting(notBefore: now))
+        waiting[id] = now
         offsets[letter.source, default: [:]][id] = letter.offset
         bytes += letter.value.count + letter.key.count
         return id
@@ -178,26 +181,31 @@ public struct DeadLetterLedger: Sendable {
 
     /// Waiting letters due at `now`, oldest first.
     public func due(now: ContinuousClock.Instant) -> [ID] {
-        entries.compactMap { id, entry in
-            if case .waiting(let notBefore) = entry.state, notBefore <= now { return id }
-            return nil
-        }.sorted()
+        waiting.compactMap { id, notBefore in notBefore <= now ? id : nil }.sorted()
     }
+
+    /// Whether any letter waits to be (re-)sent.
+    public var hasWaiting: Bool { !waiting.isEmpty }
 
     /// The producer accepted the letter.
     public mutating func sent(_ id: ID) {
+        guard entries[id] != nil else { return }
         entries[id]?.state = .inFlight
+        waiting.removeValue(forKey: id)
     }
 
     /// The producer refused the letter synchronously (its queue is full, or another local
     /// error): it waits `delay` and is tried again.
     public mutating func deferred(_ id: ID, until notBefore: ContinuousClock.Instant) {
+        guard entries[id] != nil else { return }
         entries[id]?.state = .waiting(notBefore: notBefore)
+        waiting[id] = notBefore
     }
 
     /// The broker acknowledged the letter (a report for an unknown or forgotten id is ignored).
     public mutating func delivered(_ id: ID) {
         guard let entry = entries.removeValue(forKey: id) else { return }
+        waiting.removeValue(forKey: id)
         offsets[entry.letter.source]?.removeValue(forKey: id)
         if offsets[entry.letter.source]?.isEmpty == true { offsets.removeValue(forKey: entry.letter.source) }
         bytes -= entry.letter.value.count + entry.letter.key.count
@@ -210,8 +218,10 @@ public struct DeadLetterLedger: Sendable {
         guard var entry = entries[id], entry.state == .inFlight else { return }
         entry.failures += 1
         if tooLarge { entry.maximumBytes = max(Self.minimumMessageBytes, entry.maximumBytes / 2) }
-        entry.state = .waiting(notBefore: now + backoff(afterFailures: entry.failures))
+        let notBefore = now + backoff(afterFailures: entry.failures)
+        entry.state = .waiting(notBefore: notBefore)
         entries[id] = entry
+        waiting[id] = notBefore
     }
 
     /// Delay before the next attempt after `failures` failed deliveries.
@@ -233,6 +243,7 @@ public struct DeadLetterLedger: Sendable {
     public mutating func forget(_ partitions: Set<TopicPartition>) {
         for partition in partitions {
             for id in (offsets.removeValue(forKey: partition) ?? [:]).keys {
+                waiting.removeValue(forKey: id)
                 if let entry = entries.removeValue(forKey: id) { bytes -= entry.letter.value.count + entry.letter.key.count }
             }
         }
@@ -298,13 +309,22 @@ public final class KafkaDeadLetterPublisher: DeadLetterPublishing {
     }
 
     public func publish(_ letter: DeadLetter) {
-        _ = ledger.accept(letter, maximumBytes: producer.maximumMessageBytes, now: .now)
-        poll()
+        let now = ContinuousClock.now
+        let id = ledger.accept(letter, maximumBytes: producer.maximumMessageBytes, now: now)
+        serveDeliveryReports(now: now)
+        if queueFullUntil.map({ now >= $0 }) ?? true { _ = send(id, now: now) }
     }
 
     public func poll() {
-        producer.poll()
         let now = ContinuousClock.now
+        serveDeliveryReports(now: now)
+        guard ledger.hasWaiting, queueFullUntil.map({ now >= $0 }) ?? true else { return }
+        queueFullUntil = nil
+        for id in ledger.due(now: now) where !send(id, now: now) { return }
+    }
+
+    private func serveDeliveryReports(now: ContinuousClock.Instant) {
+        producer.poll()
         for report in inbox.reports.withLock({ reports in defer { reports.removeAll() }; return reports }) {
             if let error = report.error {
                 failedDeliveryCount += 1
@@ -313,28 +333,25 @@ public final class KafkaDeadLetterPublisher: DeadLetterPublishing {
                 ledger.delivered(report.id)
             }
         }
-        if let queueFullUntil, now < queueFullUntil { return }
-        queueFullUntil = nil
-        for id in ledger.due(now: now) {
-            guard let entry = ledger.entries[id] else { continue }
-            let encoded = entry.letter.encoded(maximumBytes: entry.maximumBytes)
-            do {
-                try producer.send(
-                    topic: topic, key: encoded.key, value: encoded.value, headers: encoded.headers, deliveryID: id, queueFullTimeout: .zero
-                )
-                ledger.sent(id)
-                if encoded.isTruncated && entry.failures == 0 { truncatedCount += 1 }
-            } catch {
-                // The letter stays waiting: a full queue is retried shortly, anything else
-                // (which librdkafka reports synchronously only for local problems) after the
-                // backoff of a failed delivery.
-                let delay = error.isQueueFull ? Duration.milliseconds(10) : ledger.backoff(afterFailures: entry.failures + 1)
-                ledger.deferred(id, until: now + delay)
-                if error.isQueueFull {
-                    queueFullUntil = now + delay
-                    return
-                }
-            }
+    }
+
+    /// Hands letter `id` to the producer; returns false when its queue is full (stop sending).
+    private func send(_ id: DeadLetterLedger.ID, now: ContinuousClock.Instant) -> Bool {
+        guard let entry = ledger.entries[id] else { return true }
+        let encoded = entry.letter.encoded(maximumBytes: entry.maximumBytes)
+        do {
+            try producer.send(topic: topic, key: encoded.key, value: encoded.value, headers: encoded.headers, deliveryID: id, queueFullTimeout: .zero)
+            ledger.sent(id)
+            if encoded.isTruncated && entry.failures == 0 { truncatedCount += 1 }
+            return true
+        } catch {
+            // The letter stays waiting: a full queue is retried shortly, anything else (which
+            // librdkafka reports synchronously only for local problems) after the backoff of a
+            // failed delivery.
+            let delay = error.isQueueFull ? Duration.milliseconds(10) : ledger.backoff(afterFailures: entry.failures + 1)
+            ledger.deferred(id, until: now + delay)
+            if error.isQueueFull { queueFullUntil = now + delay }
+            return !error.isQueueFull
         }
     }
 
