@@ -154,6 +154,9 @@ public final class AggregatorPipeline: Sendable {
                 logger.warning("ClickHouse did not acknowledge every batch in time; their events will be consumed again")
             }
             processCompletions()
+            if (try? deadLetters.flush(timeout: .seconds(10))) == nil {
+                logger.warning("the broker did not acknowledge every dead letter in time; their messages will be consumed again")
+            }
             perform(machine.finalCommit(observation()))
             consumer.close()
             logger.info("stopped", metadata: ["rows_written": "\(pipeline.metrics.rowsWritten)"])
@@ -213,9 +216,14 @@ public final class AggregatorPipeline: Sendable {
                 if behind > 0 { backlog.insert(partition) }
             }
             pipeline.metrics.setConsumerLag(lag)
+            deadLetters.poll()
+            var deadLettersPendingFrom: [TopicPartition: Int64] = [:]
+            for (partition, _) in machine.positions {
+                deadLettersPendingFrom[partition] = deadLetters.lowestUnacknowledged(of: partition)
+            }
             return PipelineStateMachine.PollObservation(
                 now: now, sinkBufferedRows: sink.bufferedRows, partitionsWithBacklog: backlog,
-                sourceTrouble: now.milliseconds < sourceTroubleUntil
+                sourceTrouble: now.milliseconds < sourceTroubleUntil, deadLettersPendingFrom: deadLettersPendingFrom
             )
         }
 
@@ -290,8 +298,8 @@ public final class AggregatorPipeline: Sendable {
                 if !dropped.isEmpty { logger.info("dropped batches of a revoked assignment", metadata: ["batches": "\(dropped.count)"]) }
             case .commit(let offsets):
                 do {
-                    // Dead letters of the committed range must be durable first.
-                    try deadLetters.flush(timeout: .seconds(10))
+                    // The offsets stop below every dead letter the broker has not acknowledged
+                    // (deadLettersPendingFrom), so there is nothing to wait for here.
                     try consumer.commit(offsets)
                     machine.commitSucceeded()
                 } catch {

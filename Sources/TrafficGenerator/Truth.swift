@@ -23,8 +23,9 @@ public struct Truth: Sendable {
             hasher.combine(ProductKey(product))
         }
 
+        /// By window, then by the product id's bytes.
         public static func < (lhs: Key, rhs: Key) -> Bool {
-            (lhs.windowStart, ProductKey(lhs.product)) < (rhs.windowStart, ProductKey(rhs.product))
+            lhs.windowStart != rhs.windowStart ? lhs.windowStart < rhs.windowStart : lhs.product.utf8.lexicographicallyPrecedes(rhs.product.utf8)
         }
     }
 

@@ -114,9 +114,71 @@ import Testing
             return rows.split(separator: "\n").count >= 1
         }
         #expect(landed, "no rows: \(aggregator.stderr.suffix(3000))")
-        // Until ProductCatalog keys by ProductKey (the lead's change), the aggregator merges them.
-        withKnownIssue("ProductCatalog still keys products by String (canonical equivalence)") {
-            #expect(rows == "63616665CC81\t1\n636166C3A9\t2\n", "\(rows)")
+        #expect(rows == "63616665CC81\t1\n636166C3A9\t2\n", "\(rows)")
+    }
+
+    /// The dead-letter topic refuses every write (TOPIC_AUTHORIZATION_FAILED on every produce
+    /// request) while the aggregator refuses messages; then the aggregator is killed. Counting
+    /// goes on meanwhile, and no dead letter is lost: offsets were not committed past an
+    /// unacknowledged one, so the restarted aggregator dead-letters them again.
+    @Test func deadLettersSurviveAnUnwritableTopicAndACrash() throws {
+        let directory = try PackagePaths.temporaryDirectory("ctr-e2e-dlq")
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "dlq")
+        try ClickHouseTestServer.migrate(endpoint)
+        let broker = try DevBrokerProcess(directory: directory)
+        let truthFile = directory.appendingPathComponent("truth.json")
+        let producer = try ChildProcess.run(
+            PackagePaths.executable("ctr-producer"),
+            ["--brokers", broker.bootstrapServers, "--products", "50", "--count", "20000", "--rate", "0", "--event-rate", "1000",
+             "--start-time-ms", "1700000000000", "--seed", "3", "--invalid-fraction", "0.01", "--truth-file", truthFile.path]
+        )
+        #expect(producer.status == 0, "\(producer.stderr)")
+        let truth = try JSONSerialization.jsonObject(with: Data(contentsOf: truthFile)) as! [String: Any]
+        let invalid = (truth["invalid_sent"] as! NSNumber).intValue
+        #expect(invalid > 50)
+
+        try broker.control("request-errors 0 1000000 29")
+        func startAggregator(_ name: String) throws -> ChildProcess {
+            try ChildProcess(
+                PackagePaths.executable("ctr-aggregator"),
+                ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--metrics-port", "0",
+                 "--group-id", "dlq", "--commit-interval-ms", "200"],
+                logDirectory: directory, name: name
+            )
         }
+        let first = try startAggregator("aggregator-1")
+        let check = try ChildProcess.run(
+            "/usr/bin/env",
+            ["python3", PackagePaths.root.appendingPathComponent("scripts/check-truth.py").path, truthFile.path, endpoint.url, endpoint.database,
+             "--wait", "90"]
+        )
+        #expect(check.status == 0, "counting goes on while the dead-letter topic refuses writes: \(check.stdout)\(first.stderr.suffix(3000))")
+        let before = try ChildProcess.run(
+            "/usr/bin/kcat", ["-C", "-b", broker.bootstrapServers, "-t", "ctr-dlq", "-o", "beginning", "-e", "-q", "-f", "%o\n"]
+        )
+        #expect(before.status == 0 && before.stdout.isEmpty, "the dead-letter topic took no write: \(before.stdout.prefix(200))")
+        first.stop(signal: SIGKILL)
+        try broker.control("clear-errors 0")
+
+        let second = try startAggregator("aggregator-2")
+        defer { second.stop() }
+        var sources: Set<String> = []
+        let complete = eventually(timeout: 90) {
+            let dlq = (try? ChildProcess.run(
+                "/usr/bin/kcat",
+                ["-C", "-b", broker.bootstrapServers, "-t", "ctr-dlq", "-o", "beginning", "-e", "-q", "-f", "%h\n"]
+            ).stdout) ?? ""
+            sources = Set(dlq.split(separator: "\n").map { line in
+                line.split(separator: ",").filter { $0.hasPrefix("ctr-source-") }.joined(separator: ",")
+            })
+            return sources.count >= invalid
+        }
+        #expect(complete && sources.count == invalid, "\(sources.count) of \(invalid) dead letters: \(second.stderr.suffix(3000))")
+        let recheck = try ChildProcess.run(
+            "/usr/bin/env",
+            ["python3", PackagePaths.root.appendingPathComponent("scripts/check-truth.py").path, truthFile.path, endpoint.url, endpoint.database,
+             "--wait", "30"]
+        )
+        #expect(recheck.status == 0 && recheck.stdout.contains("lost=0 duplicated=0 mismatched=0"), "\(recheck.stdout)")
     }
 }
