@@ -85,15 +85,16 @@ import Testing
         }
         #expect(landed, "aggregator log:\n\(running.aggregator.stderr.suffix(2000))")
         #expect(
-            try running.rows("SELECT clicks, revenue = toDecimal64('600000000000.25', 6) FROM ctr_results_raw WHERE product_id = 'rich'")
-                == [["2", "1"]], "the click whose revenue would overflow the window is refused, the others count"
+            try running.rows("SELECT clicks, revenue = toDecimal64('0.25', 6) FROM ctr_results_raw WHERE product_id = 'rich'")
+                == [["1", "1"]],
+            "clicks above the per-event revenue bound (EventDecoder.maximumRevenueMicros, 10^6 units) are refused, the other counts"
         )
         let ids = try running.rows("SELECT hex(product_id), impressions FROM ctr_results_raw WHERE product_id != 'rich' ORDER BY product_id")
         #expect(ids == [[hex(nfd), "2"], [hex(nfc), "1"]], "NFC and NFD spellings are two products")
         let letters = try ChildProcess.run(
             "/usr/bin/kcat", ["-C", "-b", running.broker.bootstrapServers, "-t", "ctr-dlq", "-o", "beginning", "-e", "-q", "-f", "%h\n"]
         )
-        #expect(letters.stdout.contains("ctr-reason=invalid_revenue"), "\(letters.stdout)")
+        #expect(letters.stdout.components(separatedBy: "ctr-reason=invalid_revenue").count - 1 == 2, "\(letters.stdout)")
         #expect(running.aggregator.isRunning, "one message never stops the pipeline")
     }
 
