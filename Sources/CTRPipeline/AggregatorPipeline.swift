@@ -196,6 +196,8 @@ public final class AggregatorPipeline: Sendable {
                     metadata: ["partitions": "\(partitions.map(\.description).joined(separator: ","))"]
                 )
                 perform(machine.revoked(lost: lost))
+                // Their refused messages are dead-lettered again by whoever replays them.
+                deadLetters.forget(partitions)
             }
         }
 
@@ -223,7 +225,8 @@ public final class AggregatorPipeline: Sendable {
             }
             return PipelineStateMachine.PollObservation(
                 now: now, sinkBufferedRows: sink.bufferedRows, partitionsWithBacklog: backlog,
-                sourceTrouble: now.milliseconds < sourceTroubleUntil, deadLettersPendingFrom: deadLettersPendingFrom
+                sourceTrouble: now.milliseconds < sourceTroubleUntil, deadLettersPendingFrom: deadLettersPendingFrom,
+                deadLettersFull: deadLetters.isFull
             )
         }
 

@@ -389,16 +389,20 @@ public struct PipelineStateMachine: Sendable {
         public var sourceTrouble: Bool
         /// Per partition, the lowest offset whose dead letter the broker has not acknowledged.
         public var deadLettersPendingFrom: [TopicPartition: Int64]
+        /// Whether the dead-letter publisher holds as many unacknowledged letters as it may
+        /// (the dead-letter topic is unavailable): consuming pauses until it drains.
+        public var deadLettersFull: Bool
 
         public init(
             now: Timestamp, sinkBufferedRows: Int = 0, partitionsWithBacklog: Set<TopicPartition> = [], sourceTrouble: Bool = false,
-            deadLettersPendingFrom: [TopicPartition: Int64] = [:]
+            deadLettersPendingFrom: [TopicPartition: Int64] = [:], deadLettersFull: Bool = false
         ) {
             self.now = now
             self.sinkBufferedRows = sinkBufferedRows
             self.partitionsWithBacklog = partitionsWithBacklog
             self.sourceTrouble = sourceTrouble
             self.deadLettersPendingFrom = deadLettersPendingFrom
+            self.deadLettersFull = deadLettersFull
         }
     }
 
@@ -423,7 +427,7 @@ public struct PipelineStateMachine: Sendable {
         if now.milliseconds - lastCommitAt >= configuration.commitInterval.value, let commit = commitAction(observation) {
             actions.append(commit)
         }
-        applyBackpressure(into: &actions)
+        applyBackpressure(deadLettersFull: observation.deadLettersFull, into: &actions)
         counters.openWindows = assignment!.windows.openWindowCount
         counters.watermarkMilliseconds = assignment!.windows.watermark?.milliseconds
         counters.wallClockMilliseconds = now.milliseconds
@@ -535,13 +539,15 @@ public struct PipelineStateMachine: Sendable {
         pendingCommit = [:]
     }
 
-    private mutating func applyBackpressure(into actions: inout [Action]) {
+    /// Pauses consumption while ClickHouse is behind (`--buffer-max-rows`, resuming below half)
+    /// or the dead-letter topic cannot take more.
+    private mutating func applyBackpressure(deadLettersFull: Bool, into actions: inout [Action]) {
         guard let assignment else { return }
         let buffered = bufferedRows + (openBatch?.rowCount ?? 0)
-        if !paused && buffered >= configuration.bufferMaxRows {
+        if !paused && (buffered >= configuration.bufferMaxRows || deadLettersFull) {
             paused = true
             actions.append(.pause(assignment.partitions))
-        } else if paused && buffered < configuration.bufferMaxRows / 2 {
+        } else if paused && buffered < configuration.bufferMaxRows / 2 && !deadLettersFull {
             paused = false
             actions.append(.resume(assignment.partitions))
         }

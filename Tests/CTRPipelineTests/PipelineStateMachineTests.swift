@@ -174,6 +174,9 @@ import Testing
         #expect(machine.pollFinished(.init(now: at(10), sinkBufferedRows: 10)).contains(.pause([clicks0, impressions0])))
         #expect(!machine.pollFinished(.init(now: at(20), sinkBufferedRows: 5)).contains(.resume([clicks0, impressions0])))
         #expect(machine.pollFinished(.init(now: at(30), sinkBufferedRows: 4)).contains(.resume([clicks0, impressions0])))
+        #expect(machine.pollFinished(.init(now: at(40), deadLettersFull: true)).contains(.pause([clicks0, impressions0])), "the dead-letter topic is full")
+        #expect(!machine.pollFinished(.init(now: at(50), deadLettersFull: true)).contains(.resume([clicks0, impressions0])))
+        #expect(machine.pollFinished(.init(now: at(60))).contains(.resume([clicks0, impressions0])))
     }
 
     @Test func refusedMessagesAreDeadLettered() {
