@@ -104,6 +104,7 @@ let package = Package(
         .testTarget(name: "CTRWindowsTests", dependencies: ["CTRWindows"]),
         .testTarget(name: "IngestTests", dependencies: ["Ingest", "CTRWindows"]),
         .testTarget(name: "KafkaConsumerTests", dependencies: ["Ingest", "TestSupport"]),
+        .testTarget(name: "ClickHouseHTTPTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),
