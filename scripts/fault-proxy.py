@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fault-injecting HTTP/1.1 proxy in front of ClickHouse, for the Swift tests and the fault campaign.
 
-    scripts/fault-proxy.py --upstream-port PORT [--port 0] [--upstream-host 127.0.0.1]
+    scripts/fault-proxy.py --upstream-port PORT [--port 0] [--upstream-host 127.0.0.1] [--match insert|all]
 
 It keeps connections alive both ways, as a load balancer does: every client connection gets
 its own upstream connection, requests are forwarded one by one with their headers untouched
@@ -11,7 +11,7 @@ is replaced before the next request is forwarded; one that dies during an exchan
 client connection (a proxy never re-sends a request).
 
 Faults are queued and each applies to one INSERT request, in order (other requests, such as a
-sink's verification queries, always pass). Modes:
+sink's verification queries, always pass); with `--match all`, to one request of any kind. Modes:
 
     pass                           forward both ways
     reset_before                   read the request, reset the client connection; nothing is forwarded
@@ -148,7 +148,10 @@ def parse_mode(text):
 class FaultProxy:
     """The proxy; `start()` serves on a background thread."""
 
-    def __init__(self, upstream_port, port=0, upstream_host="127.0.0.1", host="127.0.0.1"):
+    def __init__(self, upstream_port, port=0, upstream_host="127.0.0.1", host="127.0.0.1", match="insert"):
+        if match not in ("insert", "all"):
+            raise ValueError(f"match must be 'insert' or 'all', not {match!r}")
+        self.match_all = match == "all"
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.lock = threading.Lock()
@@ -237,10 +240,9 @@ class FaultProxy:
     def _next_fault(self, insert):
         with self.lock:
             self.counters["requests"] += 1
-            if not insert:
-                return "pass", []
-            self.counters["inserts_received"] += 1
-            if not self.faults:
+            if insert:
+                self.counters["inserts_received"] += 1
+            if not (insert or self.match_all) or not self.faults:
                 return "pass", []
             mode = self.faults.pop(0)
             name, args = parse_mode(mode)
@@ -352,8 +354,9 @@ def main():
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--upstream-host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--match", choices=["insert", "all"], default="insert", help="which requests faults apply to")
     args = parser.parse_args()
-    proxy = FaultProxy(args.upstream_port, port=args.port, upstream_host=args.upstream_host).start()
+    proxy = FaultProxy(args.upstream_port, port=args.port, upstream_host=args.upstream_host, match=args.match).start()
     print(f"listening {proxy.port}", flush=True)
     for line in sys.stdin:
         words = line.split()

@@ -44,7 +44,7 @@ import Testing
     /// before any byte of the answer. The client must report an ambiguous failure and must not
     /// have sent the insert again.
     @Test func anInsertWhoseConnectionDiesAfterApplyIsAmbiguousAndNeverResent() throws {
-        let proxy = try FaultProxy(upstreamPort: upstreamPort())
+        let proxy = try FaultProxy(upstreamPort: upstreamPort(), faultsApplyTo: .inserts)
         let connection = try proxied(proxy)
         _ = try connection.execute("SELECT 1")  // a keep-alive connection now waits in libcurl's cache
         proxy.inject([.dropResponse])
@@ -61,7 +61,7 @@ import Testing
     /// The same fault when a caller lets an insert reuse a connection: libcurl re-sends it by
     /// itself and answers 200, so the batch lands twice. This is why writes never reuse one.
     @Test func libcurlResendsAnInsertOnAReusedConnectionWhenAllowed() throws {
-        let proxy = try FaultProxy(upstreamPort: upstreamPort())
+        let proxy = try FaultProxy(upstreamPort: upstreamPort(), faultsApplyTo: .inserts)
         let connection = try proxied(proxy)
         _ = try connection.execute("SELECT 1")
         proxy.inject([.dropResponse])
@@ -73,7 +73,7 @@ import Testing
     /// A reused connection dies after apply and the reconnect libcurl makes for its re-send is
     /// refused: that is not "never sent".
     @Test func aRefusedReconnectAfterAReusedConnectionDiedIsAmbiguous() throws {
-        let proxy = try FaultProxy(upstreamPort: upstreamPort())
+        let proxy = try FaultProxy(upstreamPort: upstreamPort(), faultsApplyTo: .inserts)
         let connection = try proxied(proxy)
         _ = try connection.execute("SELECT 1")
         proxy.inject([.refuseAfterApply(seconds: 2)])
@@ -88,7 +88,7 @@ import Testing
     /// Findings 3 and 12: the proxy lets ClickHouse apply the insert and answers 500 with the
     /// retryable code 252 instead. The client must report it as retryable and ambiguous.
     @Test func aServerErrorAfterApplyIsAmbiguous() throws {
-        let proxy = try FaultProxy(upstreamPort: upstreamPort())
+        let proxy = try FaultProxy(upstreamPort: upstreamPort(), faultsApplyTo: .inserts)
         let connection = try proxied(proxy)
         proxy.inject([.errorAfterApply(status: 500, code: 252)])
         let error = try #require(throws: ClickHouseError.self) {
@@ -129,7 +129,7 @@ import Testing
     /// Finding 11's straggler: an insert held before the server until after its client timed
     /// out still lands when released.
     @Test func aHeldInsertLandsAfterItsClientGaveUp() throws {
-        let proxy = try FaultProxy(upstreamPort: upstreamPort())
+        let proxy = try FaultProxy(upstreamPort: upstreamPort(), faultsApplyTo: .inserts)
         let connection = try proxied(proxy, timeout: .milliseconds(500))
         proxy.inject([.hold(seconds: nil)])
         let error = try #require(throws: ClickHouseError.self) {

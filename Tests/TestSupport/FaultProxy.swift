@@ -1,14 +1,22 @@
 import Foundation
 import Synchronization
 
-/// A keep-alive HTTP proxy on loopback in front of a real ClickHouse server that injects faults
-/// into INSERT requests: `scripts/fault-proxy.py` (the same proxy the fault campaign uses), run
-/// as a child process and driven through its stdin/stdout command protocol.
+/// A keep-alive HTTP proxy on loopback in front of a real ClickHouse server that injects faults:
+/// `scripts/fault-proxy.py` (the same proxy the fault campaign uses), run as a child process and
+/// driven through its stdin/stdout command protocol.
 ///
-/// Faults are queued; each applies to one INSERT request, in order. Other requests (reads,
-/// verification queries) always pass. Connections are kept alive both ways, so a client that
-/// reuses connections really reuses them through the proxy.
+/// Faults are queued; each applies to one request (or one INSERT request, see ``Requests``), in
+/// order; later ones pass. Connections are kept alive both ways, so a client that reuses
+/// connections really reuses them through the proxy.
 public final class FaultProxy: @unchecked Sendable {
+    /// Which requests the queued faults apply to.
+    public enum Requests: String, Sendable {
+        /// Every request, in the order the proxy reads them.
+        case all
+        /// INSERT requests only; other requests (reads, verification queries) always pass.
+        case inserts = "insert"
+    }
+
     public enum Fault: Sendable, Equatable {
         /// Forward both ways.
         case none
@@ -86,10 +94,14 @@ public final class FaultProxy: @unchecked Sendable {
     private let output = Pipe()
     private let exchange = Mutex<[UInt8]>([])
 
-    /// Starts the proxy on a free loopback port, forwarding to `127.0.0.1:upstreamPort`.
-    public init(upstreamPort: Int) throws {
+    /// Starts the proxy on a free loopback port, forwarding to `127.0.0.1:upstreamPort`, with
+    /// faults applying to `faultsApplyTo`.
+    public init(upstreamPort: Int, faultsApplyTo requests: Requests = .all) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", PackagePaths.root.appendingPathComponent("scripts/fault-proxy.py").path, "--upstream-port", "\(upstreamPort)"]
+        process.arguments = [
+            "python3", PackagePaths.root.appendingPathComponent("scripts/fault-proxy.py").path, "--upstream-port", "\(upstreamPort)",
+            "--match", requests.rawValue,
+        ]
         process.standardInput = input
         process.standardOutput = output
         try process.run()
@@ -107,7 +119,7 @@ public final class FaultProxy: @unchecked Sendable {
         process.waitUntilExit()
     }
 
-    /// Applies `faults` to the next INSERT requests, one each, in order; later ones pass.
+    /// Applies `faults` to the next requests (or INSERT requests), one each, in order; later ones pass.
     public func inject(_ faults: [Fault]) {
         for fault in faults { _ = command("inject \(fault.mode)") }
     }
