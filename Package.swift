@@ -108,6 +108,7 @@ let package = Package(
         .testTarget(name: "EventDecodingTests", dependencies: ["EventDecoding", "CTRWindows"]),
         .testTarget(name: "IngestTests", dependencies: ["Ingest", "DevBroker", "TrafficGenerator", "CTRWindows"]),
         .testTarget(name: "KafkaConsumerTests", dependencies: ["Ingest", "TestSupport"]),
+        .testTarget(name: "ClickHouseHTTPTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "ClickHouseSinkTests", dependencies: ["ClickHouseSink", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "SchemaToolTests", dependencies: ["SchemaTool", "ClickHouseHTTP", "TestSupport"]),
         .testTarget(name: "TrafficGeneratorTests", dependencies: ["TrafficGenerator", "CTRWindows"]),

@@ -2,24 +2,51 @@
 """Fault campaign: drives a deterministic stream through the real pipeline while injecting faults,
 then compares ClickHouse with the producer's truth file.
 
-    scripts/fault-campaign.py [--faults N] [--duration SECONDS] [--rate EVENTS_PER_S] [--seed S] [--bin DIR]
+    scripts/fault-campaign.py [--faults N] [--duration SECONDS] [--rate EVENTS_PER_S] [--seed S]
+                              [--kinds KIND,...] [--bin DIR] [--keep] [--check-wait SECONDS]
 
-Defaults are the reduced size run in CI (about 12 faults in 60 s). Full size:
+Defaults are the reduced size run in CI (12 faults asked for in 60 s; raised to one of every
+kind, 16, so the run takes about 2 minutes). Full size:
 
-    scripts/fault-campaign.py --faults 100 --duration 600 --rate 300
+    scripts/fault-campaign.py --faults 200 --duration 600 --rate 300
 
-Everything runs on loopback: a private ClickHouse server (scripts/clickhouse-local.sh), a
-fault-injecting HTTP proxy in front of it (5xx with retryable ClickHouse codes, connections reset
-before the request or after the insert with the answer lost, answers slower than the aggregator's
-request timeout), the dev broker (broker down/up, injected request errors), three aggregator
-instances in one consumer group (kill -9 and restart, one removed and added back), and
-ClickHouse itself stopped for seconds and started again.
+Every selected kind runs at least once (the first faults go through the kinds in order, the
+rest are drawn at random); `--faults` below the number of selected kinds is raised to it.
 
-Prints one line: faults injected by kind, events, windows checked, lost, duplicated, mismatched,
-peak aggregator memory; exits 0 only if nothing was lost, duplicated or mismatched.
+Everything runs on loopback: a private ClickHouse server (scripts/clickhouse-local.sh), the
+keep-alive fault proxy scripts/fault-proxy.py in front of it, the dev broker, three aggregator
+instances in one consumer group (a fourth joins and leaves), and the producer. Kinds:
+
+    kill9                       kill -9 an aggregator, restart it
+    kill9_during_insert         the same while its insert hangs in the proxy
+    pause                       SIGSTOP an aggregator longer than the session timeout (6 s), then SIGCONT
+    rebalance_remove_add        SIGTERM an aggregator, start it again (two rebalances)
+    rebalance_while_clickhouse_stopped
+                                SIGSTOP clickhouse-server, then a fourth aggregator joins (or is killed)
+                                so the group rebalances while inserts hang, then SIGCONT
+    clickhouse_down             stop ClickHouse for seconds, start it again
+    http_5xx                    proxy answers 500/202 or 503/242 without forwarding
+    reset_before                proxy resets the connection before forwarding
+    drop_answer                 proxy forwards, ClickHouse applies, the connection closes without an answer
+    keepalive_reset_after_apply proxy forwards, ClickHouse applies, the client connection is reset before
+                                any answer byte (half the time new connections are then refused for 1 s);
+                                on a reused connection libcurl would re-send the insert by itself
+    error_after_apply           proxy forwards, ClickHouse applies, the answer becomes 500 + code 252
+    slow_answer                 proxy holds the answer 5 s (beyond the 2 s request timeout)
+    stale_request               proxy holds the insert before forwarding until after the client timed out,
+                                then forwards it (the straggler that has not reached the server yet)
+    broker_down                 one dev broker down for seconds
+    request_errors              Fetch and OffsetCommit answered with retriable errors
+    dlq_unavailable             every Produce request (the dead-letter topic's, and the producer's: the
+                                dev broker cannot fail one topic alone) answered NOT_ENOUGH_REPLICAS for
+                                seconds; the mock cluster appends nothing on an injected error
+
+Prints the faults by kind, what the proxy applied, then one line: events, windows checked, lost,
+duplicated, mismatched, peak aggregator memory; exits 0 only if nothing was lost, duplicated or
+mismatched.
 """
 import argparse
-import json
+import importlib.util
 import os
 import random
 import shutil
@@ -28,7 +55,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 
@@ -41,89 +67,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-class FaultProxy(threading.Thread):
-    """HTTP proxy that applies one queued fault per request; requests without a fault pass."""
-
-    def __init__(self, upstream_port):
-        super().__init__(daemon=True)
-        self.upstream_port = upstream_port
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.faults = []
-        self.lock = threading.Lock()
-
-    def inject(self, fault, count=1):
-        with self.lock:
-            self.faults.extend([fault] * count)
-
-    def run(self):
-        while True:
-            client, _ = self.listener.accept()
-            threading.Thread(target=self.handle, args=(client,), daemon=True).start()
-
-    @staticmethod
-    def read_request(sock):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None
-            body += chunk
-        lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
-        return b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body
-
-    def handle(self, client):
-        with client:
-            request = self.read_request(client)
-            if request is None:
-                return
-            with self.lock:
-                fault = self.faults.pop(0) if self.faults and request.startswith(b"POST /?query=INSERT") else None
-            if fault == "reset":
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                return
-            if fault in ("error_500", "error_503"):
-                code, status = (202, 500) if fault == "error_500" else (242, 503)
-                body = f"Code: {code}, e.displayText() = DB::Exception: injected, e.what() = DB::Exception\n".encode()
-                client.sendall(b"HTTP/1.1 %d Injected\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body)) + body)
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                return
-            response = b""
-            with upstream:
-                try:
-                    upstream.sendall(request)
-                    while True:
-                        chunk = upstream.recv(65536)
-                        if not chunk:
-                            break
-                        response += chunk
-                except OSError:
-                    return
-            if fault == "drop_answer":
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                return
-            if fault == "slow":
-                time.sleep(5)
-            try:
-                client.sendall(response)
-            except OSError:
-                pass
+def load_fault_proxy():
+    """scripts/fault-proxy.py as a module (its file name is not an identifier)."""
+    spec = importlib.util.spec_from_file_location("fault_proxy", os.path.join(ROOT, "scripts", "fault-proxy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rss_kib(pid):
@@ -137,15 +86,29 @@ def rss_kib(pid):
     return 0
 
 
+KINDS = ["kill9", "pause", "http_5xx", "keepalive_reset_after_apply", "clickhouse_down", "error_after_apply", "reset_before",
+         "stale_request", "broker_down", "drop_answer", "rebalance_while_clickhouse_stopped", "slow_answer", "request_errors",
+         "dlq_unavailable", "kill9_during_insert", "rebalance_remove_add"]
+REQUEST_TIMEOUT_S = 2
+SESSION_TIMEOUT_S = 6
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--rate", type=float, default=400)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds to run (default: all)")
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "debug"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--check-wait", type=float, default=180, help="how long check-truth waits for ClickHouse to match (s)")
     args = parser.parse_args()
+    kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    fault_count = max(args.faults, len(kinds))
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="ctr-campaign-")
     processes = []
@@ -168,10 +131,16 @@ def main():
         extra = [str(ch_http), str(ch_tcp)] if command == "start" else []
         subprocess.run([script, command, clickhouse_dir] + extra, check=True, stdout=subprocess.DEVNULL)
 
+    def signal_clickhouse(number):
+        try:
+            with open(os.path.join(clickhouse_dir, "clickhouse.pid")) as f:
+                os.kill(int(f.read().strip()), number)
+        except (OSError, ValueError):
+            pass
+
     try:
         clickhouse("start")
-        proxy = FaultProxy(ch_http)
-        proxy.start()
+        proxy = load_fault_proxy().FaultProxy(ch_http).start()
         url = f"http://127.0.0.1:{proxy.port}"
         direct_url = f"http://127.0.0.1:{ch_http}"
         database = "campaign"
@@ -198,8 +167,8 @@ def main():
             aggregators[index] = spawn(f"aggregator-{index}", [
                 os.path.join(args.bin, "ctr-aggregator"), "--brokers", brokers, "--group-id", "campaign",
                 "--clickhouse-url", url, "--database", database, "--metrics-port", "0",
-                "--request-timeout-ms", "2000", "--retry-initial-ms", "50", "--retry-max-ms", "1000",
-                "--kafka-property", "session.timeout.ms=6000", "--log-format", "json"])
+                "--request-timeout-ms", str(REQUEST_TIMEOUT_S * 1000), "--retry-initial-ms", "50", "--retry-max-ms", "1000",
+                "--kafka-property", f"session.timeout.ms={SESSION_TIMEOUT_S * 1000}", "--log-format", "json"])
 
         for index in range(3):
             start_aggregator(index)
@@ -213,40 +182,61 @@ def main():
             "--late-fraction", "0.02", "--too-late-fraction", "0.002", "--too-late-lag-ms", "120000", "--invalid-fraction", "0.001",
             "--truth-file", truth_file], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
-        kinds = ["kill9", "kill9_during_insert", "clickhouse_down", "http_5xx", "reset_before", "drop_answer", "slow_answer",
-                 "broker_down", "request_errors", "rebalance_remove_add"]
-        interval = args.duration / max(args.faults, 1)
+        interval = args.duration / fault_count
         started = time.time()
-        for number in range(args.faults):
+        extra = 3  # the index of the aggregator that rebalance_while_clickhouse_stopped adds and removes
+        for number in range(fault_count):
             target = started + (number + rng.random()) * interval
             while time.time() < target:
                 for index, process in aggregators.items():
                     peak_rss[index] = max(peak_rss[index], rss_kib(process.pid))
                 time.sleep(0.1)
-            kind = kinds[number % len(kinds)] if number < len(kinds) else rng.choice(kinds)
+            kind = kinds[number] if number < len(kinds) else rng.choice(kinds)
             faults[kind] += 1
-            log(f"fault {number + 1}/{args.faults}: {kind}")
+            log(f"fault {number + 1}/{fault_count}: {kind}")
             if kind in ("kill9", "kill9_during_insert"):
                 index = rng.randrange(3)
                 if kind == "kill9_during_insert":
-                    proxy.inject("slow")  # the next insert hangs in flight...
-                    time.sleep(0.6)       # ...while the instance dies
+                    proxy.inject("delay:5")  # the next insert hangs in flight...
+                    time.sleep(0.6)          # ...while the instance dies
                 aggregators[index].send_signal(signal.SIGKILL)
                 aggregators[index].wait()
                 time.sleep(rng.uniform(0.5, 3))
                 start_aggregator(index)
+            elif kind == "pause":
+                index = rng.randrange(3)
+                aggregators[index].send_signal(signal.SIGSTOP)
+                time.sleep(SESSION_TIMEOUT_S + rng.uniform(2, 5))
+                aggregators[index].send_signal(signal.SIGCONT)
+            elif kind == "rebalance_while_clickhouse_stopped":
+                signal_clickhouse(signal.SIGSTOP)
+                time.sleep(rng.uniform(0.5, 1.5))
+                if extra in aggregators and aggregators[extra].poll() is None:
+                    aggregators[extra].send_signal(signal.SIGKILL)  # leaves after the session timeout
+                    aggregators[extra].wait()
+                    del aggregators[extra]
+                else:
+                    start_aggregator(extra)                         # joins at once
+                time.sleep(SESSION_TIMEOUT_S + rng.uniform(2, 5))
+                signal_clickhouse(signal.SIGCONT)
             elif kind == "clickhouse_down":
                 clickhouse("stop")
-                time.sleep(rng.uniform(3, min(20, interval)))
+                time.sleep(rng.uniform(3, max(3.5, min(20, interval))))
                 clickhouse("start")
             elif kind == "http_5xx":
-                proxy.inject(rng.choice(["error_500", "error_503"]), rng.randint(1, 4))
+                proxy.inject(rng.choice(["error_before:500:202", "error_before:503:242"]), rng.randint(1, 4))
             elif kind == "reset_before":
-                proxy.inject("reset", rng.randint(1, 3))
+                proxy.inject("reset_before", rng.randint(1, 3))
             elif kind == "drop_answer":
-                proxy.inject("drop_answer", rng.randint(1, 2))
+                proxy.inject("close_after_apply", rng.randint(1, 2))
+            elif kind == "keepalive_reset_after_apply":
+                proxy.inject(rng.choice(["reset_after_apply", "refuse_after_apply:1"]), rng.randint(1, 2))
+            elif kind == "error_after_apply":
+                proxy.inject("error_after_apply:500:252", rng.randint(1, 3))
             elif kind == "slow_answer":
-                proxy.inject("slow", 1)
+                proxy.inject("delay:5", 1)
+            elif kind == "stale_request":
+                proxy.inject(f"hold:{REQUEST_TIMEOUT_S + rng.uniform(1, 3):.1f}", 1)
             elif kind == "broker_down":
                 broker = rng.randint(1, 3)
                 broker_command(f"broker-down {broker}")
@@ -256,6 +246,11 @@ def main():
                 # Fetch (1) and OffsetCommit (8) answered with retriable errors.
                 broker_command(f"request-errors 1 3 {rng.choice([6, 7, 15])}")
                 broker_command("request-errors 8 2 15")
+            elif kind == "dlq_unavailable":
+                # Produce (0) answered NOT_ENOUGH_REPLICAS (19, retriable) until cleared.
+                broker_command("request-errors 0 1000000 19")
+                time.sleep(rng.uniform(4, 8))
+                broker_command("clear-errors 0")
             elif kind == "rebalance_remove_add":
                 index = rng.randrange(3)
                 aggregators[index].send_signal(signal.SIGTERM)
@@ -268,9 +263,14 @@ def main():
         for index, process in aggregators.items():
             peak_rss[index] = max(peak_rss[index], rss_kib(process.pid))
         check = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check-truth.py"), truth_file, direct_url, database,
-                                "--wait", "180"], capture_output=True, text=True)
+                                "--wait", str(args.check_wait)], capture_output=True, text=True)
         result = check.stdout.strip()
         fault_text = ",".join(f"{k}:{v}" for k, v in sorted(faults.items()))
+        proxy_stats = proxy.stats()
+        applied = ",".join(f"{k}:{v}" for k, v in sorted(proxy_stats["applied"].items()))
+        print(f"faults by kind: {fault_text}")
+        print(f"proxy: applied [{applied}] pending={proxy_stats['pending_faults']} inserts={proxy_stats.get('inserts_forwarded', 0)} "
+              f"inserts_on_reused_connections={proxy_stats.get('inserts_on_reused_connection', 0)}")
         print(f"campaign seed={args.seed} faults={sum(faults.values())} [{fault_text}] {result} "
               f"peak_aggregator_rss_mib={max(peak_rss.values()) // 1024 if peak_rss else 0}")
         if check.returncode != 0:
@@ -278,6 +278,7 @@ def main():
             args.keep = True
         return check.returncode
     finally:
+        signal_clickhouse(signal.SIGCONT)
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)

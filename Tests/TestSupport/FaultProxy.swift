@@ -1,161 +1,167 @@
 import Foundation
 import Synchronization
 
-/// A TCP proxy on loopback in front of a real server that injects faults into HTTP exchanges:
-/// answers 5xx or a retryable ClickHouse error itself, resets the connection before or after
-/// forwarding the request, or delays the answer.
+/// A keep-alive HTTP proxy on loopback in front of a real ClickHouse server that injects faults:
+/// `scripts/fault-proxy.py` (the same proxy the fault campaign uses), run as a child process and
+/// driven through its stdin/stdout command protocol.
+///
+/// Faults are queued; each applies to one request (or one INSERT request, see ``Requests``), in
+/// order; later ones pass. Connections are kept alive both ways, so a client that reuses
+/// connections really reuses them through the proxy.
 public final class FaultProxy: @unchecked Sendable {
+    /// Which requests the queued faults apply to.
+    public enum Requests: String, Sendable {
+        /// Every request, in the order the proxy reads them.
+        case all
+        /// INSERT requests only; other requests (reads, verification queries) always pass.
+        case inserts = "insert"
+    }
+
     public enum Fault: Sendable, Equatable {
         /// Forward both ways.
         case none
-        /// Close the client connection without forwarding (the request never arrives).
+        /// Reset the client connection without forwarding (the request never arrives).
         case resetBeforeForwarding
-        /// Forward the request, wait for the server's answer, then close the client connection
-        /// without passing the answer on (the insert lands, its acknowledgement is lost).
+        /// Forward the request, wait for the server's whole answer (the insert is applied), then
+        /// reset the client connection before any byte of the answer.
         case dropResponse
+        /// Like ``dropResponse``, but close the client connection cleanly (an empty reply).
+        case closeAfterApply
+        /// Like ``dropResponse``, then refuse new connections for `seconds`.
+        case refuseAfterApply(seconds: Double)
         /// Answer `status` with a ClickHouse-style error body carrying `code`, without forwarding.
         case error(status: Int, code: Int)
+        /// Forward, wait for the answer (the insert is applied), and replace it with `status` and
+        /// an error body carrying `code`.
+        case errorAfterApply(status: Int, code: Int)
         /// Forward, but hold the answer back for `seconds`.
         case delay(seconds: Double)
+        /// Hold the request before forwarding until ``release()`` (or `seconds`, if given), then
+        /// forward it: a straggler that reaches the server after its client gave up.
+        case hold(seconds: Double?)
+
+        var mode: String {
+            switch self {
+            case .none: "pass"
+            case .resetBeforeForwarding: "reset_before"
+            case .dropResponse: "reset_after_apply"
+            case .closeAfterApply: "close_after_apply"
+            case .refuseAfterApply(let seconds): "refuse_after_apply:\(seconds)"
+            case .error(let status, let code): "error_before:\(status):\(code)"
+            case .errorAfterApply(let status, let code): "error_after_apply:\(status):\(code)"
+            case .delay(let seconds): "delay:\(seconds)"
+            case .hold(let seconds): seconds.map { "hold:\($0)" } ?? "hold"
+            }
+        }
+    }
+
+    /// The proxy's counters.
+    public struct Statistics: Decodable, Sendable {
+        /// Client connections accepted.
+        public var connections: Int
+        /// Requests read from clients.
+        public var requests: Int
+        /// INSERT requests read from clients.
+        public var insertsReceived: Int
+        /// INSERT requests sent to the server (each may have been applied).
+        public var insertsForwarded: Int
+        /// INSERT requests that arrived on a client connection that had carried a request before.
+        public var insertsOnReusedConnection: Int
+        /// Requests held right now.
+        public var held: Int
+
+        enum CodingKeys: String, CodingKey {
+            case connections, requests, held
+            case insertsReceived = "inserts_received", insertsForwarded = "inserts_forwarded"
+            case insertsOnReusedConnection = "inserts_on_reused_connection"
+        }
+
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            func count(_ key: CodingKeys) throws -> Int { try container.decodeIfPresent(Int.self, forKey: key) ?? 0 }
+            connections = try count(.connections)
+            requests = try count(.requests)
+            insertsReceived = try count(.insertsReceived)
+            insertsForwarded = try count(.insertsForwarded)
+            insertsOnReusedConnection = try count(.insertsOnReusedConnection)
+            held = try count(.held)
+        }
     }
 
     public let port: Int
-    private let upstreamPort: Int
-    private let listener: Int32
-    private let faults = Mutex<[Fault]>([])
-    private let counter = Mutex(0)
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    private let exchange = Mutex<[UInt8]>([])
 
-    /// Listens on a free loopback port and forwards to `127.0.0.1:upstreamPort`.
-    public init(upstreamPort: Int) throws {
-        self.upstreamPort = upstreamPort
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var reuse: Int32 = 1
-        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    /// Starts the proxy on a free loopback port, forwarding to `127.0.0.1:upstreamPort`, with
+    /// faults applying to `faultsApplyTo`.
+    public init(upstreamPort: Int, faultsApplyTo requests: Requests = .all) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "python3", PackagePaths.root.appendingPathComponent("scripts/fault-proxy.py").path, "--upstream-port", "\(upstreamPort)",
+            "--match", requests.rawValue,
+        ]
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        let descriptor = output.fileHandleForReading.fileDescriptor
+        let first = exchange.withLock { buffered in Self.readLine(descriptor, &buffered) }
+        guard let first, first.hasPrefix("listening "), let port = Int(first.dropFirst("listening ".count)) else {
+            process.terminate()
+            throw TestSupportError("scripts/fault-proxy.py did not start: \(first ?? "no output")")
         }
-        guard bound == 0, listen(descriptor, 64) == 0 else { throw TestSupportError("proxy cannot listen") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        listener = descriptor
-        Thread { [self] in acceptLoop() }.start()
+        self.port = port
     }
 
-    /// Applies `faults` to the next connections, one each, in order; later connections pass.
+    deinit {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+
+    /// Applies `faults` to the next requests (or INSERT requests), one each, in order; later ones pass.
     public func inject(_ faults: [Fault]) {
-        self.faults.withLock { $0.append(contentsOf: faults) }
+        for fault in faults { _ = command("inject \(fault.mode)") }
     }
 
-    /// Connections handled so far.
-    public var connections: Int { counter.withLock { $0 } }
+    /// Forwards every held request now; returns how many there were.
+    @discardableResult
+    public func release() -> Int {
+        Int(command("release").split(separator: " ").last ?? "") ?? 0
+    }
 
-    private func acceptLoop() {
-        while true {
-            let client = accept(listener, nil, nil)
-            guard client >= 0 else { return }
-            counter.withLock { $0 += 1 }
-            let fault = faults.withLock { $0.isEmpty ? Fault.none : $0.removeFirst() }
-            Thread { [self] in handle(client, fault) }.start()
+    /// Refuses new connections for `seconds` (connections already open stay).
+    public func refuseConnections(for seconds: Double) {
+        _ = command("refuse \(seconds)")
+    }
+
+    /// The proxy's counters now.
+    public func statistics() throws -> Statistics {
+        try JSONDecoder().decode(Statistics.self, from: Data(command("stats").utf8))
+    }
+
+    /// Client connections accepted so far.
+    public var connections: Int { (try? statistics().connections) ?? 0 }
+
+    private func command(_ line: String) -> String {
+        exchange.withLock { buffered in
+            input.fileHandleForWriting.write(Data((line + "\n").utf8))
+            return Self.readLine(output.fileHandleForReading.fileDescriptor, &buffered) ?? ""
         }
     }
 
-    private func handle(_ client: Int32, _ fault: Fault) {
-        defer { close(client) }
-        switch fault {
-        case .resetBeforeForwarding:
-            var linger = linger(l_onoff: 1, l_linger: 0)
-            setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<linger>.size))
-            return
-        case .error(let status, let code):
-            _ = readRequest(client)
-            let body = "Code: \(code), e.displayText() = DB::Exception: injected by FaultProxy, e.what() = DB::Exception\n"
-            let response = "HTTP/1.1 \(status) Injected\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-            sendAll(client, Array(response.utf8))
-            return
-        default:
-            break
-        }
-        guard let request = readRequest(client) else { return }
-        let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(upstream) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(upstreamPort).bigEndian)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { return }
-        // Ask the server to close after answering, so that its answer ends at EOF.
-        let rewritten = Self.forceClose(request)
-        sendAll(upstream, rewritten)
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
+    /// Reads up to the next newline from `descriptor`, keeping what follows in `buffered`.
+    private static func readLine(_ descriptor: Int32, _ buffered: inout [UInt8]) -> String? {
+        var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let count = recv(upstream, &buffer, buffer.count, 0)
-            if count <= 0 { break }
-            response.append(contentsOf: buffer[0..<count])
-        }
-        switch fault {
-        case .dropResponse:
-            var linger = linger(l_onoff: 1, l_linger: 0)
-            setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<linger>.size))
-            return
-        case .delay(let seconds):
-            Thread.sleep(forTimeInterval: seconds)
-        default:
-            break
-        }
-        sendAll(client, response)
-    }
-
-    /// Reads one HTTP request (headers and a Content-Length body).
-    private func readRequest(_ socket: Int32) -> [UInt8]? {
-        var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            if let headerEnd = Self.find([13, 10, 13, 10], in: data) {
-                let header = String(decoding: data[0..<headerEnd], as: UTF8.self).lowercased()
-                var length = 0
-                for line in header.split(separator: "\r\n") where line.hasPrefix("content-length:") {
-                    length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
-                }
-                if data.count >= headerEnd + 4 + length { return data }
+            if let newline = buffered.firstIndex(of: 10) {
+                let line = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeSubrange(...newline)
+                return line
             }
-            let count = recv(socket, &buffer, buffer.count, 0)
-            if count <= 0 { return data.isEmpty ? nil : data }
-            data.append(contentsOf: buffer[0..<count])
-        }
-    }
-
-    private static func forceClose(_ request: [UInt8]) -> [UInt8] {
-        guard let headerEnd = find([13, 10, 13, 10], in: request) else { return request }
-        let header = String(decoding: request[0..<headerEnd], as: UTF8.self)
-            .split(separator: "\r\n").filter { !$0.lowercased().hasPrefix("connection:") }.joined(separator: "\r\n")
-        return Array((header + "\r\nConnection: close\r\n\r\n").utf8) + request[(headerEnd + 4)...]
-    }
-
-    private static func find(_ pattern: [UInt8], in data: [UInt8]) -> Int? {
-        guard data.count >= pattern.count else { return nil }
-        for index in 0...(data.count - pattern.count) where data[index] == pattern[0] && Array(data[index..<index + pattern.count]) == pattern {
-            return index
-        }
-        return nil
-    }
-
-    private func sendAll(_ socket: Int32, _ bytes: [UInt8]) {
-        var sent = 0
-        while sent < bytes.count {
-            let written = bytes[sent...].withUnsafeBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if written <= 0 { return }
-            sent += written
+            let count = read(descriptor, &chunk, chunk.count)
+            if count <= 0 { return nil }
+            buffered.append(contentsOf: chunk[..<count])
         }
     }
 }
