@@ -202,7 +202,7 @@ public final class ClickHouseResultsStore: ResultsStore {
     }
 
     /// Recovery reads must see a complete answer or an error, never a truncated 200.
-    private static let completeAnswer = ["wait_end_of_query": "1"]
+    private static let completeAnswer = ClickHouseConnection.wholeResult
 
     // MARK: Write
 
