@@ -51,6 +51,8 @@ let package = Package(
             dependencies: ["ClickHouseHTTP", .product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "DevBroker", dependencies: ["CRdKafka"]),
+        .target(name: "MetricsHTTP"),
+        .plugin(name: "BuildRevisionPlugin", capability: .buildTool(), path: "Sources/BuildRevisionPlugin"),
         .target(
             name: "CTRPipeline",
             dependencies: [
@@ -64,13 +66,14 @@ let package = Package(
         .executableTarget(
             name: "ctr-aggregator",
             dependencies: [
-                "CTRPipeline", "CTRWindows", "EventDecoding", "Ingest", "ClickHouseSink", "ClickHouseHTTP",
+                "CTRPipeline", "CTRWindows", "EventDecoding", "Ingest", "ClickHouseSink", "ClickHouseHTTP", "MetricsHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            plugins: ["BuildRevisionPlugin"]
         ),
         .executableTarget(
             name: "schema-tool",
@@ -116,6 +119,7 @@ let package = Package(
             name: "CTRPipelineTests",
             dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "EventDecoding", "Ingest", "DevBroker", "CRdKafka"]
         ),
+        .testTarget(name: "MetricsHTTPTests", dependencies: ["MetricsHTTP", "CTRPipeline"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
     ]
 )

@@ -180,6 +180,7 @@ public final class AggregatorPipeline: Sendable {
             processCompletions()
             perform(machine.pollFinished(observation()))
             pipeline.metrics.publish(machine.counters)
+            pipeline.metrics.recordProgress()
         }
 
         mutating func handle(_ event: RebalanceEvent) {
@@ -210,11 +211,11 @@ public final class AggregatorPipeline: Sendable {
                 sourceTroubleUntil = now.milliseconds + 10_000
             }
             var backlog: Set<TopicPartition> = []
-            var lag: [String: Int64] = [:]
+            var lag: [(topic: String, partition: Int32, lag: Int64)] = []
             for (partition, position) in machine.positions {
                 guard let high = consumer.highWatermark(partition) else { continue }
                 let behind = max(0, high - (position ?? 0))
-                lag[partition.description] = behind
+                lag.append((partition.topic, partition.partition, behind))
                 if behind > 0 { backlog.insert(partition) }
             }
             pipeline.metrics.setConsumerLag(lag)

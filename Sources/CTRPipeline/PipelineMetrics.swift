@@ -73,9 +73,18 @@ public final class PipelineMetrics: Sendable {
     private let sinkFailures: Counter
     private let insertDuration: Timer
     private let resultLatency: Timer
-    private let consumerLag = Mutex<[String: Gauge]>([:])
+    private let consumerLag = Mutex<[PartitionKey: Gauge]>([:])
+    private let clockOrigin = ContinuousClock.now
+    /// Nanoseconds after `clockOrigin` of the latest ``recordProgress()``.
+    private let lastProgress = Atomic<Int64>(0)
 
-    /// Creates every metric, so that all of them are exported from the start.
+    private struct PartitionKey: Hashable, Sendable {
+        var topic: String
+        var partition: Int32
+    }
+
+    /// Creates every metric, so that all of them are exported from the start. The progress clock
+    /// of ``timeSinceProgress`` starts now.
     public init() {
         consumed = Dictionary(uniqueKeysWithValues: EventKind.allCases.map { kind in
             (kind, Counter(label: "ctr_events_consumed_total", dimensions: [("kind", Self.name(of: kind))]))
@@ -92,7 +101,7 @@ public final class PipelineMetrics: Sendable {
         windowsRestored = Counter(label: "ctr_windows_restored_total")
         commits = Counter(label: "ctr_offset_commits_total")
         openWindows = Gauge(label: "ctr_open_windows")
-        watermark = Gauge(label: "ctr_watermark_seconds")
+        watermark = Gauge(label: "ctr_watermark_timestamp_seconds")
         watermarkLag = Gauge(label: "ctr_watermark_lag_seconds")
         bufferRows = Gauge(label: "ctr_buffer_rows")
         paused = Gauge(label: "ctr_consuming_paused")
@@ -128,7 +137,9 @@ public final class PipelineMetrics: Sendable {
     /// The counters as last published.
     public var counters: PipelineCounters { state.withLock { $0.counters } }
 
-    func publish(_ counters: PipelineCounters) {
+    /// Publishes the pipeline thread's counters: counters advance by the difference to the
+    /// previous call, gauges take the new values.
+    public func publish(_ counters: PipelineCounters) {
         let previous = state.withLock { published in
             defer { published.counters = counters }
             return published.counters
@@ -157,19 +168,49 @@ public final class PipelineMetrics: Sendable {
         paused.record(counters.paused ? 1 : 0)
     }
 
-    func setReady(_ isReady: Bool) {
+    /// Sets the ready state `/ready` reports and `ctr_ready` exports.
+    public func setReady(_ isReady: Bool) {
         state.withLock { $0.ready = isReady }
         ready.record(isReady ? 1 : 0)
     }
 
-    func setConsumerLag(_ lag: [String: Int64]) {
+    /// Sets `ctr_consumer_lag_messages{topic,partition}` (high watermark minus position) for
+    /// every partition this instance owns now. The list is complete: a partition that was in the
+    /// previous call and is not in this one (revoked, lost) stops being exported, so summing the
+    /// gauge over a consumer group's instances counts each partition once.
+    public func setConsumerLag(_ lag: [(topic: String, partition: Int32, lag: Int64)]) {
         consumerLag.withLock { gauges in
-            for (partition, value) in lag {
-                let gauge = gauges[partition] ?? Gauge(label: "ctr_consumer_lag", dimensions: [("partition", partition)])
-                gauges[partition] = gauge
-                gauge.record(value)
+            var current: [PartitionKey: Gauge] = [:]
+            for entry in lag {
+                let key = PartitionKey(topic: entry.topic, partition: entry.partition)
+                let gauge = gauges.removeValue(forKey: key)
+                    ?? Gauge(label: "ctr_consumer_lag_messages", dimensions: [("topic", entry.topic), ("partition", String(entry.partition))])
+                gauge.record(entry.lag)
+                current[key] = gauge
             }
+            for gauge in gauges.values { gauge.destroy() }
+            gauges = current
         }
+    }
+
+    /// The heartbeat of the pipeline loop: call it on every iteration of the loop (after each
+    /// poll, whether or not messages came). Thread-safe and cheap (one atomic store), so it can
+    /// be called from the hot loop. `/health` fails when it has not been called for the stall
+    /// timeout (``timeSinceProgress``).
+    public func recordProgress() {
+        lastProgress.store(Self.nanoseconds(ContinuousClock.now - clockOrigin), ordering: .relaxed)
+    }
+
+    /// Time since the latest ``recordProgress()`` (or since this object was created, before the
+    /// first one). Thread-safe.
+    public var timeSinceProgress: Duration {
+        let since = ContinuousClock.now - clockOrigin - .nanoseconds(lastProgress.load(ordering: .relaxed))
+        return max(since, .zero)
+    }
+
+    /// Exports `ctr_build_info{version,revision} 1`, the build this process runs.
+    public static func recordBuildInfo(version: String, revision: String) {
+        Gauge(label: "ctr_build_info", dimensions: [("version", version), ("revision", revision)]).record(1)
     }
 
     func recordSinkRetry() { sinkRetries.increment() }

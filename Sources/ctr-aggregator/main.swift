@@ -9,6 +9,7 @@ import EventDecoding
 import Ingest
 import Logging
 import Metrics
+import MetricsHTTP
 import Prometheus
 import Yams
 
@@ -30,7 +31,8 @@ struct AggregatorCommand: ParsableCommand {
             '-' is '___'), not on the command line, which every local user can read. Kafka properties apply in this order, \
             later ones winning: --brokers, the kafka-properties list (YAML) or CTR_KAFKA_PROPERTIES, the properties file, \
             CTR_KAFKA_PROPERTY_<NAME>, --kafka-property.
-            """
+            """,
+        version: "\(ctrPipelineVersion) (\(buildRevision))"
     )
 
     @Option(help: "YAML configuration file. (env: CTR_CONFIG)") var config: String?
@@ -78,6 +80,10 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "ClickHouse request timeout, ms. (default: 30000)") var requestTimeoutMs: Int?
     @Option(help: "Offset commit interval, ms. (default: 1000)") var commitIntervalMs: Int?
     @Option(help: "Port for /metrics, /health and /ready; 0 disables. (default: 9464)") var metricsPort: Int?
+    @Option(help: "Address the metrics server binds; 0.0.0.0 (or ::) exposes it on every interface, as a container needs. (default: 127.0.0.1)")
+    var metricsHost: String?
+    @Option(help: "/health answers 503 when the pipeline loop has made no progress for this long, ms. (default: 60000)")
+    var healthStallTimeoutMs: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error. (default: info)") var logLevel: String?
     @Option(help: "Log format: text or json. (default: text)") var logFormat: String?
 
@@ -135,6 +141,8 @@ struct AggregatorCommand: ParsableCommand {
             throw ValidationError("--reset-offsets needs --start-from: it says where every partition starts")
         }
         let port = try settings.int("metrics-port", metricsPort, default: 9464)
+        let host = settings.string("metrics-host", metricsHost, default: "127.0.0.1")
+        let stallTimeout = Duration.milliseconds(try settings.int("health-stall-timeout-ms", healthStallTimeoutMs, default: 60_000))
         try settings.rejectUnknownKeys()
 
         // Metrics go through swift-metrics to a Prometheus registry served on /metrics.
@@ -142,13 +150,35 @@ struct AggregatorCommand: ParsableCommand {
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets = PipelineMetrics.histogramBuckets
         MetricsSystem.bootstrap(factory)
+        PipelineMetrics.recordBuildInfo(version: ctrPipelineVersion, revision: buildRevision)
         let pipeline = AggregatorPipeline(configuration: configuration, logger: logger)
+        var server: MetricsServer?
         if port > 0 {
             let metrics = pipeline.metrics
-            let server = try MetricsServer(port: port, render: { registry.emitToString() }, isReady: { metrics.isReady })
-            server.start()
-            logger.info("serving metrics", metadata: ["url": "http://0.0.0.0:\(server.port)/metrics"])
+            let endpoints = MetricsEndpoints(
+                metrics: { registry.emitToString() + ProcessMetrics.current().prometheusText },
+                health: {
+                    let stalled = metrics.timeSinceProgress
+                    return stalled <= stallTimeout
+                        ? .healthy : .unhealthy(reason: "the pipeline loop has made no progress for \(stalled) (limit \(stallTimeout))")
+                },
+                ready: { metrics.isReady }
+            )
+            let started: MetricsServer
+            do {
+                started = try MetricsServer(
+                    configuration: MetricsServerConfiguration(host: host, port: port), endpoints: endpoints,
+                    onAcceptError: { logger.warning("\($0)") }
+                )
+            } catch {
+                logger.critical("\(error)")
+                throw ExitCode(1)
+            }
+            started.start()
+            server = started
+            logger.info("serving metrics", metadata: ["url": "http://\(host.contains(":") ? "[\(host)]" : host):\(started.port)/metrics"])
         }
+        defer { server?.stop() }
         let signals = [SIGTERM, SIGINT].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -317,6 +347,9 @@ struct JSONLogHandler: LogHandler {
         }
     }
 }
+
+/// The release this source tree is; `ctr_build_info{version}` and `--version`.
+let ctrPipelineVersion = "0.1.0"
 
 AggregatorCommand.main()
 
