@@ -119,7 +119,7 @@ let package = Package(
             name: "CTRPipelineTests",
             dependencies: ["CTRPipeline", "CTRWindows", "ClickHouseSink", "EventDecoding", "Ingest", "DevBroker", "CRdKafka"]
         ),
-        .testTarget(name: "MetricsHTTPTests", dependencies: ["MetricsHTTP", "CTRPipeline"]),
+        .testTarget(name: "MetricsHTTPTests", dependencies: ["MetricsHTTP", "CTRPipeline", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClickHouseHTTP", "TestSupport"]),
     ]
 )

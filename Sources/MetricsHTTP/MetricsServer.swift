@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -59,6 +60,10 @@ public final class MetricsServer: @unchecked Sendable {
     private var started = false
     private var stopped = false
     private let finished = DispatchSemaphore(value: 0)
+    private let openConnections = Atomic<Int>(0)
+
+    /// Connections open now (accepted, not yet closed), as of the server thread's latest round.
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
 
     /// Binds and listens; serving starts with ``start()``.
     ///
@@ -138,7 +143,10 @@ public final class MetricsServer: @unchecked Sendable {
         var connections: [Connection] = []
         var backoff = AcceptBackoff()
         var acceptPausedUntil: ContinuousClock.Instant?
-        defer { connections.forEach { close($0.descriptor) } }
+        defer {
+            connections.forEach { close($0.descriptor) }
+            openConnections.store(0, ordering: .relaxed)
+        }
         while true {
             var now = ContinuousClock.now
             connections.removeAll { connection in
@@ -146,6 +154,7 @@ public final class MetricsServer: @unchecked Sendable {
                 close(connection.descriptor)
                 return true
             }
+            openConnections.store(connections.count, ordering: .relaxed)
             if let until = acceptPausedUntil, until <= now { acceptPausedUntil = nil }
 
             var descriptors = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
@@ -178,6 +187,7 @@ public final class MetricsServer: @unchecked Sendable {
             if listening, descriptors[1].revents != 0 {
                 acceptPausedUntil = acceptAll(into: &connections, backoff: &backoff, now: now)
             }
+            openConnections.store(connections.count, ordering: .relaxed)
         }
     }
 
