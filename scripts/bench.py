@@ -1,34 +1,52 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of the CTR aggregator, run from one command:
+"""Side-by-side benchmark of the CTR aggregator, run on demand (never in CI or the tests):
 
-    scripts/bench.py [--events 1000000] [--runs 3] [--skip-python] [--latency-seconds 30]
+    scripts/bench.py                                   # the default run, about 15 minutes
+    scripts/bench.py --contenders e2e,consume --partitions 3,96 --runs 1
+    scripts/bench.py --list                            # the contenders
 
-Builds release binaries, starts a private ClickHouse server and the dev broker, pre-loads the same
-deterministic stream (documented JSON contract, about 120 bytes per event, 10,000 products, about
-4 % clicks, 1 s disorder) into `impressions` and `clicks`, then measures, back to back, each
-contender several times and prints one table (median, min, max events/s):
+It builds release binaries, creates its own Python virtual environment (default `run/bench-venv`)
+and installs the Python contenders' packages into it from PyPI (confluent-kafka; apache-flink,
+which bundles Flink's runtime jars and needs Java 17), starts a private ClickHouse server and the
+dev broker, and pre-loads the same deterministic stream (documented JSON contract, about 120 bytes
+per event, 10,000 products, about 4 % clicks, 1 s disorder), compressed with zstd as producers
+usually send it, into `impressions` and `clicks` at each partition count of `--partitions`. Then it
+measures each contender `--runs` times and prints one table: median, min and max events/s, and
+CPU-seconds per million events of the contender's own processes over the measured span
+(/proc/<pid>/stat or getrusage):
 
-  consume          librdkafka consume-and-discard (ctr-bench consume): the consumer limit
-  aggregator e2e   ctr-aggregator: consume, decode, windows, rows acknowledged by ClickHouse,
-                   timed until every closed window of the stream is in ctr_results_raw
-  decode only      EventDecoder on events in memory
-  windows only     WindowAggregator on decoded events in memory
-  sink only        rows/s into ctr_results_raw (JSONEachRow over HTTP)
-  clickhouse raw   ClickHouse ingesting the raw events (INSERT ... FORMAT JSONEachRow) and
-                   computing the same 10 s per-product counts with GROUP BY
-  python consumer  confluent-kafka consumer with json.loads and a dict (installed from PyPI)
-  wider events     the aggregator end to end on a stream with revenue on clicks and a
-                   conversions topic (what issue-7 features cost)
+  consume      librdkafka consume-and-discard (ctr-bench consume): the consumer limit, per partition count
+  e2e          ctr-aggregator: consume, decode, windows, rows acknowledged by ClickHouse, timed until
+               every closed window of the stream is in ctr_results_raw, per partition count; also its
+               sink rows/s (ctr_sink_rows_total over ctr_sink_insert_seconds_sum)
+  stages       decode only, windows only (ctr-bench stages, events in memory)
+  sink         rows/s into ctr_results_raw (ctr-bench sink; CPU of the client and the ClickHouse server)
+  clickhouse   ClickHouse ingesting the raw events (INSERT ... FORMAT JSONEachRow) and computing the
+               same 10 s per-product counts with GROUP BY (CPU of the server)
+  python       confluent-kafka consumer with json.loads and a dict
+  flink        Apache Flink SQL, TUMBLE 10 s, watermark 2 s, parallelism 1 (--flink-parallelism), from a
+               FILE source of the same events: the Kafka SQL connector jar is not on PyPI, so Flink's
+               figure excludes consuming from Kafka (scripts/bench_flink.py)
+  wide         the aggregator end to end on a stream with revenue on clicks and a conversions topic
+               (not in the default run)
+  memory       window state: bytes per open (product, window) at 100,000 products
+  latency      result latency (window emitted -> rows acknowledged) p50/p99 and RSS at a steady
+               100,000 events/s
+  distinct     the aggregator's peak RSS while --distinct-ids impressions, each with a new product id,
+               stream through (stopped at --rss-limit-mib)
+  callgrind    instructions per event of the in-process stages (decode, windows, batch encoding),
+               counted with valgrind --tool=callgrind through `ctr-bench callgrind`: the repeatable
+               figure to judge a hot-path change on a noisy machine
 
-Then the aggregator's peak resident memory and result latency (window emitted -> rows acknowledged
-by ClickHouse) p50/p99 at a steady producer rate of 100,000 events/s.
-
-The dev broker keeps at most 5 MiB per partition (librdkafka 2.0.2), so the topics get enough
-partitions for the pre-loaded data (24 for 1M events) instead of 3.
+The dev broker (librdkafka's mock cluster) keeps at most 5 MiB per partition: at 3 partitions the
+compressed stream must fit in 15 MiB per topic, which bounds --events (the bench checks that every
+event is there and says so when it is not). With many partitions the mock cluster's single fetch
+thread, not the consumer, caps wall-clock rates: compare CPU-seconds per million events there.
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -41,6 +59,14 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONTENDERS = ["consume", "e2e", "stages", "sink", "clickhouse", "python", "flink", "wide", "memory", "latency", "distinct", "callgrind"]
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "wide"]
+TICKS = os.sysconf("SC_CLK_TCK")
+COMPRESSION = ["--kafka-property", "compression.type=zstd"]
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 def free_port():
@@ -70,253 +96,493 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a running process (every thread), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def result_line(output, name):
+    """(events, seconds, details) of the `RESULT name events seconds key=value...` line."""
     for line in output.splitlines():
         parts = line.split()
         if len(parts) >= 4 and parts[0] == "RESULT" and parts[1] == name:
-            return int(parts[2]), float(parts[3])
+            details = dict(part.split("=", 1) for part in parts[4:] if "=" in part)
+            return int(parts[2]), float(parts[3]), details
     raise RuntimeError(f"no RESULT {name} in:\n{output}")
 
 
+def metric_values(text, name):
+    """Sum of the samples of `name` (any labels) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 PYTHON_CONSUMER = r'''
-import json, sys, time
+import json, resource, sys, time
 from confluent_kafka import Consumer
 brokers, expect = sys.argv[1], int(sys.argv[2])
 c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-py-%f" % time.time(), "auto.offset.reset": "earliest",
               "enable.auto.commit": False, "queued.min.messages": 1000000})
 c.subscribe(["impressions", "clicks"])
-counts, n, start = {}, 0, None
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+counts, n, start, cpu_start = {}, 0, None, 0.0
 deadline = time.time() + 600
 while n < expect and time.time() < deadline:
     for m in c.consume(10000, 0.1):
         if m.error():
             continue
         if start is None:
-            start = time.time()
+            start, cpu_start = time.time(), cpu()
         e = json.loads(m.value())
         key = (e["product_id"], e["timestamp"] // 10000)
         v = counts.setdefault(key, [0, 0])
         v[0 if m.topic() == "impressions" else 1] += 1
         n += 1
-print("RESULT python %d %.6f" % (n, time.time() - (start or time.time())))
+print("RESULT python %d %.6f cpu=%.3f" % (n, time.time() - (start or time.time()), cpu() - cpu_start))
 c.close()
 '''
 
 
-def measure_aggregator(exe, url, brokers, closed_windows, database, work, extra):
-    """Runs ctr-aggregator on the pre-loaded topics into a fresh database; returns the seconds from
-    its first consumed message to the last closed window in ClickHouse, and its peak RSS (KiB)."""
-    query(url, "default", f"DROP DATABASE IF EXISTS {database}")
-    subprocess.run([exe("schema-tool"), "migrate", "--clickhouse-url", url, "--database", database,
-                    "--migrations-dir", os.path.join(ROOT, "migrations")], check=True, stdout=subprocess.DEVNULL)
-    metrics_port = free_port()
-    launched = time.time()
-    aggregator = subprocess.Popen([exe("ctr-aggregator"), "--brokers", brokers, "--group-id", f"bench-{database}-{time.time()}",
-                                   "--clickhouse-url", url, "--database", database, "--metrics-port", str(metrics_port)] + extra,
-                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"aggregator-{database}.log"), "w"))
-    peak_rss = 0
-    try:
-        # Timed from the first message consumed (the group join of the mock cluster takes about
-        # 3 s and is not the aggregator's work) to the last closed window in ClickHouse.
-        started = None
-        while started is None and time.time() - launched < 120:
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-                consumed = sum(int(float(l.split()[-1])) for l in text.splitlines() if l.startswith("ctr_events_consumed_total"))
-                if consumed > 0:
-                    started = time.time()
-            except OSError:
-                pass
-            time.sleep(0.01)
-        started = started or launched
-        while True:
-            peak_rss = max(peak_rss, rss_kib(aggregator.pid))
-            done = int(query(url, database, "SELECT uniqExact(product_id, window_start) FROM ctr_results_raw") or 0)
-            if done >= closed_windows or time.time() - started > 600:
-                break
-            time.sleep(0.02)
-        return time.time() - started, peak_rss
-    finally:
-        aggregator.send_signal(signal.SIGKILL)
-        aggregator.wait()
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="ctr-bench-")
+        self.children = []
+        self.rows = []  # (name, partitions, [events/s], [cpu s per M events])
+        self.notes = []
+        self.index = {}
 
+    # MARK: Infrastructure
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--products", type=int, default=10_000)
-    parser.add_argument("--skip-python", action="store_true")
-    parser.add_argument("--latency-seconds", type=float, default=30)
-    args = parser.parse_args()
+    def exe(self, name):
+        return os.path.join(self.binaries, name)
 
-    print("building release binaries ...", file=sys.stderr, flush=True)
-    subprocess.run(["swift", "build", "-c", "release"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    binaries = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    exe = lambda name: os.path.join(binaries, name)  # noqa: E731
-    work = tempfile.mkdtemp(prefix="ctr-bench-")
-    children = []
-    clickhouse_dir = os.path.join(work, "clickhouse")
-    script = os.path.join(ROOT, "scripts", "clickhouse-local.sh")
-    http_port = free_port()
-    url = f"http://127.0.0.1:{http_port}"
-    results = {}
-    try:
-        subprocess.run([script, "start", clickhouse_dir, str(http_port), str(free_port())], check=True, stdout=subprocess.DEVNULL)
-        partitions = max(3, -(-args.events * 125 // (4 * 1024 * 1024)))
-        bootstrap = os.path.join(work, "bootstrap.txt")
-        children.append(subprocess.Popen([exe("ctr-dev-broker"), "--partitions", str(partitions), "--bootstrap-file", bootstrap],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while not os.path.exists(bootstrap):
+    def start_broker(self, partitions, topics="impressions,clicks,ctr-dlq"):
+        bootstrap = os.path.join(self.work, f"bootstrap-{len(self.children)}.txt")
+        process = subprocess.Popen([self.exe("ctr-dev-broker"), "--partitions", str(partitions), "--topics", topics, "--bootstrap-file", bootstrap],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.children.append(process)
+        while not os.path.exists(bootstrap) or not open(bootstrap).read().strip():
+            if process.poll() is not None:
+                raise RuntimeError("ctr-dev-broker exited")
             time.sleep(0.1)
-        brokers = open(bootstrap).read().strip()
-        truth = os.path.join(work, "truth.json")
-        print(f"pre-loading {args.events} events into {partitions} partitions per topic ...", file=sys.stderr, flush=True)
-        subprocess.run([exe("ctr-producer"), "--brokers", brokers, "--products", str(args.products), "--count", str(args.events),
+        return process, open(bootstrap).read().strip()
+
+    def stop(self, process):
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    def migrate(self, database):
+        query(self.url, "default", f"DROP DATABASE IF EXISTS {database}")
+        subprocess.run([self.exe("schema-tool"), "migrate", "--clickhouse-url", self.url, "--database", database,
+                        "--migrations-dir", os.path.join(ROOT, "migrations")], check=True, stdout=subprocess.DEVNULL)
+
+    def clickhouse_pid(self):
+        try:
+            return int(open(os.path.join(self.clickhouse_dir, "clickhouse.pid")).read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def record(self, name, partitions, events, seconds, cpu):
+        key = (name, partitions)
+        if key not in self.index:
+            self.index[key] = len(self.rows)
+            self.rows.append((name, partitions, [], []))
+        _, _, rates, cpus = self.rows[self.index[key]]
+        rates.append(events / seconds if seconds > 0 else 0.0)
+        if cpu is not None and events > 0:
+            cpus.append(cpu / events * 1e6)
+
+    def median(self, name, partitions):
+        key = (name, partitions)
+        return statistics.median(self.rows[self.index[key]][2]) if key in self.index else None
+
+    def ensure_venv(self, packages):
+        venv = self.args.venv
+        python = os.path.join(venv, "bin", "python")
+        modules = {"confluent-kafka": "confluent_kafka", "apache-flink": "pyflink"}
+        probe = "; ".join(f"import {modules[p]}" for p in packages)
+        if os.path.exists(python) and subprocess.run([python, "-c", probe], capture_output=True).returncode == 0:
+            return python
+        log(f"installing {', '.join(packages)} into {venv} (first run: a few minutes) ...")
+        if not os.path.exists(python):
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"] + packages, check=True)
+        return python
+
+    # MARK: Stream
+
+    def preload(self, partitions):
+        """A broker with `partitions` per topic holding the stream; returns (process, brokers, truth)."""
+        process, brokers = self.start_broker(partitions)
+        truth = os.path.join(self.work, f"truth-{partitions}.json")
+        log(f"pre-loading {self.args.events} events into {partitions} partitions per topic ...")
+        subprocess.run([self.exe("ctr-producer"), "--brokers", brokers, "--products", str(self.args.products), "--count", str(self.args.events),
                         "--rate", "0", "--event-rate", "20000", "--start-time-ms", "1700000000000", "--seed", "11",
-                        "--truth-file", truth], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        "--truth-file", truth] + COMPRESSION, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(truth) as f:
-            truth_data = json.load(f)
-        total = truth_data["events_sent"]["impressions"] + truth_data["events_sent"]["clicks"]
-        closed_windows = sum(1 for w in truth_data["windows"] if not w["open"])
+            data = json.load(f)
+        return process, brokers, data
 
-        def record(name, events, seconds):
-            results.setdefault(name, []).append(events / seconds if seconds > 0 else 0)
+    # MARK: Contenders
 
-        peak_rss = 0
-        for run in range(args.runs):
-            print(f"run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-            out = subprocess.run([exe("ctr-bench"), "consume", "--brokers", brokers, "--expect", str(total)],
-                                 check=True, capture_output=True, text=True).stdout
-            record("consume (librdkafka, discard)", *result_line(out, "consume"))
+    def consume(self, brokers, total, partitions):
+        out = subprocess.run([self.exe("ctr-bench"), "consume", "--brokers", brokers, "--expect", str(total)],
+                             check=True, capture_output=True, text=True).stdout
+        events, seconds, details = result_line(out, "consume")
+        if events < total:
+            raise SystemExit(f"only {events} of {total} events are in the topics at {partitions} partitions: the dev broker keeps "
+                             f"5 MiB per partition; run with fewer --events")
+        self.record("consume (librdkafka, discard)", partitions, events, seconds, float(details["cpu"]))
 
-            database = f"bench_{run}"
-            elapsed, rss = measure_aggregator(exe, url, brokers, closed_windows, database, work, [])
-            peak_rss = max(peak_rss, rss)
-            record("aggregator end to end", total, elapsed)
-
-            out = subprocess.run([exe("ctr-bench"), "stages", "--events", str(min(args.events, 2_000_000)), "--products", str(args.products)],
-                                 check=True, capture_output=True, text=True).stdout
-            record("decode only", *result_line(out, "decode"))
-            record("windows only", *result_line(out, "windows"))
-            out = subprocess.run([exe("ctr-bench"), "sink", "--clickhouse-url", url, "--database", database, "--rows", "300000"],
-                                 check=True, capture_output=True, text=True).stdout
-            record("sink only (rows/s)", *result_line(out, "sink"))
-
-            # ClickHouse ingesting the raw events and computing the same windows.
-            raw = os.path.join(work, "raw.jsonl")
-            if not os.path.exists(raw):
-                with open(raw, "wb") as f:
-                    for topic in ("impressions", "clicks"):
-                        subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q"], check=True, stdout=f)
-            query(url, database, "DROP TABLE IF EXISTS raw_events")
-            query(url, database, "CREATE TABLE raw_events (product_id String, timestamp UInt64, event_type String) ENGINE = MergeTree ORDER BY timestamp")
-            start = time.time()
-            subprocess.run(["curl", "-fsS", url + "/?" + urllib.parse.urlencode({
-                "database": database, "query": "INSERT INTO raw_events FORMAT JSONEachRow", "input_format_skip_unknown_fields": "1"}),
-                "--data-binary", "@" + raw], check=True, stdout=subprocess.DEVNULL)
-            query(url, database, "SELECT product_id, intDiv(timestamp, 10000) AS w, countIf(event_type = 'impression'), "
-                                 "countIf(event_type = 'click') FROM raw_events GROUP BY product_id, w FORMAT Null")
-            record("clickhouse raw ingest + GROUP BY", total, time.time() - start)
-
-            if not args.skip_python:
+    def aggregator(self, brokers, closed_windows, database, extra=()):
+        """Runs ctr-aggregator on pre-loaded topics into a fresh database. Returns seconds from its
+        first consumed message to the last closed window in ClickHouse, its peak RSS (KiB), its CPU
+        seconds over the same span, and its sink rows/s (rows over insert seconds)."""
+        self.migrate(database)
+        port = free_port()
+        launched = time.time()
+        process = subprocess.Popen([self.exe("ctr-aggregator"), "--brokers", brokers, "--group-id", f"bench-{database}-{time.time()}",
+                                    "--clickhouse-url", self.url, "--database", database, "--metrics-port", str(port)] + list(extra),
+                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, f"aggregator-{database}.log"), "w"))
+        peak = 0
+        try:
+            # Timed from the first message consumed (the group join of the mock cluster takes about
+            # 3 s and is not the aggregator's work) to the last closed window in ClickHouse.
+            started, cpu_start = None, 0.0
+            while started is None and time.time() - launched < 120:
                 try:
-                    out = subprocess.run([sys.executable, "-c", PYTHON_CONSUMER, brokers, str(total)], check=True,
-                                         capture_output=True, text=True).stdout
-                    record("python confluent-kafka + json.loads", *result_line(out, "python"))
-                except subprocess.CalledProcessError as error:
-                    print(f"python consumer failed (pip install confluent-kafka?): {error.stderr[-300:]}", file=sys.stderr)
+                    if metric_values(scrape(port), "ctr_events_consumed_total") > 0:
+                        started, cpu_start = time.time(), cpu_seconds(process.pid)
+                except OSError:
+                    pass
+                time.sleep(0.01)
+            started = started or launched
+            while True:
+                peak = max(peak, rss_kib(process.pid))
+                done = int(query(self.url, database, "SELECT uniqExact(product_id, window_start) FROM ctr_results_raw") or 0)
+                if done >= closed_windows or time.time() - started > 600:
+                    break
+                time.sleep(0.02)
+            elapsed, cpu = time.time() - started, cpu_seconds(process.pid) - cpu_start
+            text = scrape(port)
+            insert_seconds = metric_values(text, "ctr_sink_insert_seconds_sum")
+            sink_rate = metric_values(text, "ctr_sink_rows_total") / insert_seconds if insert_seconds > 0 else 0.0
+            return elapsed, peak, cpu, sink_rate
+        finally:
+            self.stop(process)
 
-        # The same aggregator on wider events: revenue on clicks, and a conversions topic.
-        print("wider events (revenue + conversions) ...", file=sys.stderr, flush=True)
-        wide_bootstrap = os.path.join(work, "wide-bootstrap.txt")
-        children.append(subprocess.Popen([exe("ctr-dev-broker"), "--partitions", str(partitions), "--topics",
-                                          "impressions,clicks,conversions,ctr-dlq", "--bootstrap-file", wide_bootstrap],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while not os.path.exists(wide_bootstrap):
-            time.sleep(0.1)
-        wide = open(wide_bootstrap).read().strip()
-        wide_truth = os.path.join(work, "wide-truth.json")
-        subprocess.run([exe("ctr-producer"), "--brokers", wide, "--products", str(args.products), "--count", str(args.events),
+    def stages(self):
+        out = subprocess.run([self.exe("ctr-bench"), "stages", "--events", str(min(self.args.events, 2_000_000)), "--products", str(self.args.products)],
+                             check=True, capture_output=True, text=True).stdout
+        for name in ("decode", "windows"):
+            events, seconds, details = result_line(out, name)
+            self.record(f"{name} only (in memory)", "-", events, seconds, float(details["cpu"]))
+
+    def sink(self, database):
+        server = self.clickhouse_pid()
+        before = cpu_seconds(server) if server else 0.0
+        out = subprocess.run([self.exe("ctr-bench"), "sink", "--clickhouse-url", self.url, "--database", database, "--rows", "300000"],
+                             check=True, capture_output=True, text=True).stdout
+        rows, seconds, details = result_line(out, "sink")
+        server_cpu = (cpu_seconds(server) - before) if server else 0.0
+        self.record("sink only (rows/s; client + ClickHouse CPU)", "-", rows, seconds, float(details["cpu"]) + server_cpu)
+
+    def dump(self, brokers):
+        """The topics' values, one per line: impressions.jsonl and clicks.jsonl."""
+        paths = {}
+        for topic in ("impressions", "clicks"):
+            path = os.path.join(self.work, f"{topic}.jsonl")
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q"], check=True, stdout=f)
+            paths[topic] = path
+        return paths
+
+    def clickhouse_raw(self, database, files, total):
+        query(self.url, database, "DROP TABLE IF EXISTS raw_events")
+        query(self.url, database, "CREATE TABLE raw_events (product_id String, timestamp UInt64, event_type String) ENGINE = MergeTree ORDER BY timestamp")
+        server = self.clickhouse_pid()
+        before, children_before = (cpu_seconds(server) if server else 0.0), children_cpu()
+        start = time.time()
+        for topic in ("impressions", "clicks"):
+            subprocess.run(["curl", "-fsS", self.url + "/?" + urllib.parse.urlencode({
+                "database": database, "query": "INSERT INTO raw_events FORMAT JSONEachRow", "input_format_skip_unknown_fields": "1"}),
+                "--data-binary", "@" + files[topic]], check=True, stdout=subprocess.DEVNULL)
+        query(self.url, database, "SELECT product_id, intDiv(timestamp, 10000) AS w, countIf(event_type = 'impression'), "
+                                  "countIf(event_type = 'click') FROM raw_events GROUP BY product_id, w FORMAT Null")
+        elapsed = time.time() - start
+        cpu = (cpu_seconds(server) - before if server else 0.0) + children_cpu() - children_before
+        self.record("clickhouse raw ingest + GROUP BY", "-", total, elapsed, cpu)
+
+    def python_consumer(self, python, brokers, total, partitions):
+        try:
+            out = subprocess.run([python, "-c", PYTHON_CONSUMER, brokers, str(total)], check=True, capture_output=True, text=True).stdout
+            events, seconds, details = result_line(out, "python")
+            self.record("python confluent-kafka + json.loads", partitions, events, seconds, float(details["cpu"]))
+        except subprocess.CalledProcessError as error:
+            log(f"python consumer failed: {error.stderr[-300:]}")
+
+    def flink(self, python, files, total):
+        out = subprocess.run([python, os.path.join(ROOT, "scripts", "bench_flink.py"), files["impressions"], files["clicks"], str(total),
+                              str(self.args.flink_parallelism)], capture_output=True, text=True)
+        if out.returncode != 0:
+            log(f"flink failed: {out.stderr[-1500:]}")
+            return
+        events, seconds, details = result_line(out.stdout, "flink")
+        self.record(f"flink sql TUMBLE, p={self.args.flink_parallelism} (file source)", "-", events, seconds, float(details["cpu"]))
+
+    def memory(self):
+        out = subprocess.run([self.exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout
+        line = next(l for l in out.splitlines() if l.startswith("RESULT memory"))
+        memory = dict(part.split("=") for part in line.split()[4:])
+        self.notes.append(f"window state: {memory['bytes_per_open_product_window']} bytes per open (product, window); "
+                          f"{int(memory['state_bytes']) / 1048576:.0f} MiB for {memory['open_pairs']} open pairs (100,000 products x 3 windows)")
+
+    def latency(self):
+        log(f"latency: {self.args.latency_seconds:.0f} s at 100,000 events/s ...")
+        database = "bench_latency"
+        self.migrate(database)
+        broker, live = self.start_broker(3)
+        port = free_port()
+        aggregator = subprocess.Popen([self.exe("ctr-aggregator"), "--brokers", live, "--clickhouse-url", self.url, "--database", database,
+                                       "--metrics-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.children.append(aggregator)
+        try:
+            while True:
+                try:
+                    scrape(port)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            producer = subprocess.Popen([self.exe("ctr-producer"), "--brokers", live, "--products", str(self.args.products), "--rate", "100000",
+                                         "--duration", str(self.args.latency_seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            steady, cpu_start = 0, cpu_seconds(aggregator.pid)
+            while producer.poll() is None:
+                steady = max(steady, rss_kib(aggregator.pid))
+                time.sleep(0.2)
+            time.sleep(1)
+            text = scrape(port)
+            cpu = cpu_seconds(aggregator.pid) - cpu_start
+            consumed = metric_values(text, "ctr_events_consumed_total")
+            buckets = []
+            for line in text.splitlines():
+                if line.startswith("ctr_result_latency_seconds_bucket"):
+                    bound = line.split('le="')[1].split('"')[0]
+                    buckets.append((float("inf") if bound == "+Inf" else float(bound), int(float(line.split()[-1]))))
+            count = buckets[-1][1] if buckets else 0
+
+            def quantile(q):
+                for bound, cumulative in buckets:
+                    if count and cumulative >= q * count:
+                        return bound
+                return float("nan")
+
+            self.notes.append(f"result latency at 100,000 events/s (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
+                              f"over {count} batches; RSS {steady / 1024:.0f} MiB; {cpu / max(consumed, 1) * 1e6:.2f} CPU s per M events")
+        finally:
+            self.stop(aggregator)
+            self.stop(broker)
+
+    def distinct(self):
+        count = self.args.distinct_ids
+        log(f"distinct ids: {count} impressions, each with a new product id ...")
+        database = "bench_distinct"
+        self.migrate(database)
+        broker, brokers = self.start_broker(96)
+        port = free_port()
+        aggregator = subprocess.Popen([self.exe("ctr-aggregator"), "--brokers", brokers, "--clickhouse-url", self.url, "--database", database,
+                                       "--metrics-port", str(port)], stdout=subprocess.DEVNULL,
+                                      stderr=open(os.path.join(self.work, "aggregator-distinct.log"), "w"))
+        self.children.append(aggregator)
+        producer = None
+        try:
+            while True:
+                try:
+                    scrape(port)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            producer = subprocess.Popen([self.exe("ctr-bench"), "distinct-producer", "--brokers", brokers, "--count", str(count)] + COMPRESSION,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peak, consumed, last_change, previous, stopped = 0, 0, time.time(), -1, None
+            while True:
+                peak = max(peak, rss_kib(aggregator.pid))
+                if peak > self.args.rss_limit_mib * 1024:
+                    stopped = f"stopped at the --rss-limit-mib of {self.args.rss_limit_mib} MiB"
+                    break
+                try:
+                    consumed = int(metric_values(scrape(port), "ctr_events_consumed_total"))
+                except OSError:
+                    pass
+                if consumed != previous:
+                    previous, last_change = consumed, time.time()
+                if consumed >= count or (producer.poll() is not None and time.time() - last_change > 10):
+                    break
+                time.sleep(0.2)
+            self.notes.append(f"peak RSS while {consumed:,} distinct product ids streamed through: {peak / 1024:.0f} MiB"
+                              + (f" ({stopped})" if stopped else ""))
+        finally:
+            if producer is not None:
+                self.stop(producer)
+            self.stop(aggregator)
+            self.stop(broker)
+
+    def callgrind(self):
+        if shutil.which("valgrind") is None:
+            self.notes.append("instructions per event: valgrind not installed (apt-get install valgrind)")
+            return
+        events = self.args.callgrind_events
+        environment = dict(os.environ, SWIFT_DETERMINISTIC_HASHING="1")
+        figures = []
+        for stage, unit in (("decode", "event"), ("windows", "event"), ("encode", "row")):
+            totals = []
+            for skip in ([], ["--skip-stage"]):
+                out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", self.exe("ctr-bench"), "callgrind",
+                                      "--stage", stage, "--events", str(events), "--products", str(self.args.products)] + skip,
+                                     capture_output=True, text=True, env=environment, check=True)
+                collected = next(line for line in out.stderr.splitlines() if "Collected :" in line)
+                totals.append(int(collected.split(":")[-1]))
+            figures.append(f"{stage} {(totals[0] - totals[1]) / events:,.0f}/{unit}")
+        self.notes.append(f"instructions (callgrind, {events:,} events, release build): " + ", ".join(figures))
+
+    # MARK: The run
+
+    def run(self):
+        args = self.args
+        chosen = args.contenders
+        log("building release binaries ...")
+        subprocess.run(["swift", "build", "-c", "release"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        self.binaries = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
+                                       capture_output=True, text=True).stdout.strip()
+        packages = [p for p, c in (("confluent-kafka", "python"), ("apache-flink", "flink")) if c in chosen]
+        python = self.ensure_venv(packages) if packages else None
+        self.clickhouse_dir = os.path.join(self.work, "clickhouse")
+        self.script = os.path.join(ROOT, "scripts", "clickhouse-local.sh")
+        http_port = free_port()
+        self.url = f"http://127.0.0.1:{http_port}"
+        subprocess.run([self.script, "start", self.clickhouse_dir, str(http_port), str(free_port())], check=True, stdout=subprocess.DEVNULL)
+        began = time.time()
+        truth_data, total = None, 0
+        reference = args.partitions[len(args.partitions) // 2]
+        needs_stream = {"consume", "e2e", "sink", "clickhouse", "python", "flink"} & set(chosen)
+        for partitions in (args.partitions if needs_stream else []):
+            broker, brokers, truth_data = self.preload(partitions)
+            total = truth_data["events_sent"]["impressions"] + truth_data["events_sent"]["clicks"]
+            closed_windows = sum(1 for w in truth_data["windows"] if not w["open"])
+            for run in range(args.runs):
+                log(f"{partitions} partitions, run {run + 1}/{args.runs} ...")
+                if "consume" in chosen:
+                    self.consume(brokers, total, partitions)
+                database = f"bench_p{partitions}_{run}"
+                if "e2e" in chosen:
+                    elapsed, peak, cpu, sink_rate = self.aggregator(brokers, closed_windows, database)
+                    self.record("aggregator end to end", partitions, total, elapsed, cpu)
+                    self.record("  its sink (rows/s of insert time)", partitions, sink_rate, 1.0, None)
+                    self.peak_backlog = max(getattr(self, "peak_backlog", 0), peak)
+                else:
+                    self.migrate(database)
+                if partitions == reference:
+                    if "stages" in chosen:
+                        self.stages()
+                    if "sink" in chosen:
+                        self.sink(database)
+                    files = self.dump(brokers) if {"clickhouse", "flink"} & set(chosen) else None
+                    if "clickhouse" in chosen:
+                        self.clickhouse_raw(database, files, total)
+                    if "python" in chosen:
+                        self.python_consumer(python, brokers, total, partitions)
+                    if "flink" in chosen and run < args.flink_runs:
+                        log("flink ...")
+                        self.flink(python, files, total)
+            self.stop(broker)
+        if "stages" in chosen and not needs_stream:
+            self.stages()
+        if "wide" in chosen:
+            self.wide()
+        if "memory" in chosen:
+            self.memory()
+        if "latency" in chosen:
+            self.latency()
+        if "distinct" in chosen:
+            self.distinct()
+        if "callgrind" in chosen:
+            log("callgrind ...")
+            self.callgrind()
+        self.print_table(truth_data, total, time.time() - began)
+
+    def wide(self):
+        log("wider events (revenue + conversions) ...")
+        partitions = self.args.partitions[len(self.args.partitions) // 2]
+        broker, brokers = self.start_broker(partitions, "impressions,clicks,conversions,ctr-dlq")
+        truth = os.path.join(self.work, "wide-truth.json")
+        subprocess.run([self.exe("ctr-producer"), "--brokers", brokers, "--products", str(self.args.products), "--count", str(self.args.events),
                         "--rate", "0", "--event-rate", "20000", "--start-time-ms", "1700000000000", "--seed", "11",
                         "--conversion-rate", "0.3", "--revenue-per-click", "0.4", "--revenue-per-conversion", "30",
-                        "--truth-file", wide_truth], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(wide_truth) as f:
-            wide_data = json.load(f)
-        wide_total = sum(wide_data["events_sent"].values())
-        wide_closed = sum(1 for w in wide_data["windows"] if not w["open"])
-        for run in range(args.runs):
-            elapsed, _ = measure_aggregator(exe, url, wide, wide_closed, f"bench_wide_{run}", work, ["--conversions-topic", "conversions"])
-            record("aggregator e2e, revenue + conversions", wide_total, elapsed)
+                        "--truth-file", truth] + COMPRESSION, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(truth) as f:
+            data = json.load(f)
+        total = sum(data["events_sent"].values())
+        closed = sum(1 for w in data["windows"] if not w["open"])
+        for run in range(self.args.runs):
+            elapsed, _, cpu, _ = self.aggregator(brokers, closed, f"bench_wide_{run}", ["--conversions-topic", "conversions"])
+            self.record("aggregator e2e, revenue + conversions", partitions, total, elapsed, cpu)
+        self.stop(broker)
 
-        # Memory per open (product, window) at 100,000 products.
-        out = subprocess.run([exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout
-        memory_line = next(l for l in out.splitlines() if l.startswith("RESULT memory"))
-        memory = dict(part.split("=") for part in memory_line.split()[4:])
-
-        # Result latency at a steady 100,000 events/s.
-        print(f"latency: {args.latency_seconds:.0f} s at 100,000 events/s ...", file=sys.stderr, flush=True)
-        database = "bench_latency"
-        query(url, "default", f"DROP DATABASE IF EXISTS {database}")
-        subprocess.run([exe("schema-tool"), "migrate", "--clickhouse-url", url, "--database", database,
-                        "--migrations-dir", os.path.join(ROOT, "migrations")], check=True, stdout=subprocess.DEVNULL)
-        metrics_port = free_port()
-        live_topics = os.path.join(work, "live-bootstrap.txt")
-        children.append(subprocess.Popen([exe("ctr-dev-broker"), "--partitions", "3", "--bootstrap-file", live_topics],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while not os.path.exists(live_topics):
-            time.sleep(0.1)
-        live = open(live_topics).read().strip()
-        aggregator = subprocess.Popen([exe("ctr-aggregator"), "--brokers", live, "--clickhouse-url", url, "--database", database,
-                                       "--metrics-port", str(metrics_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        children.append(aggregator)
-        time.sleep(2)
-        producer = subprocess.Popen([exe("ctr-producer"), "--brokers", live, "--products", str(args.products), "--rate", "100000",
-                                     "--duration", str(args.latency_seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        steady_rss = 0
-        while producer.poll() is None:
-            steady_rss = max(steady_rss, rss_kib(aggregator.pid))
-            time.sleep(0.2)
-        time.sleep(1)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-        buckets = []
-        for line in metrics.splitlines():
-            if line.startswith("ctr_result_latency_seconds_bucket"):
-                bound = line.split('le="')[1].split('"')[0]
-                buckets.append((float("inf") if bound == "+Inf" else float(bound), int(line.split()[-1])))
-        count = buckets[-1][1] if buckets else 0
-
-        def quantile(q):
-            for bound, cumulative in buckets:
-                if count and cumulative >= q * count:
-                    return bound
-            return float("nan")
-
+    def print_table(self, truth_data, total, seconds):
+        args = self.args
         print()
-        print(f"CTR pipeline benchmark: {total} events ({truth_data['events_sent']['clicks']} clicks), {args.products} products, "
-              f"{partitions} partitions per topic, {args.runs} runs, git {git_commit()}")
-        print(f"{'contender':40} {'median ev/s':>14} {'min':>14} {'max':>14}")
-        for name, values in results.items():
-            print(f"{name:40} {statistics.median(values):14,.0f} {min(values):14,.0f} {max(values):14,.0f}")
-        consume = statistics.median(results["consume (librdkafka, discard)"])
-        aggregator_rate = statistics.median(results["aggregator end to end"])
-        print(f"aggregator / consumer limit: {aggregator_rate / consume:.0%}")
-        if "python confluent-kafka + json.loads" in results:
-            print(f"aggregator / python consumer: {aggregator_rate / statistics.median(results['python confluent-kafka + json.loads']):.1f}x")
-        print(f"aggregator / clickhouse raw ingest: {aggregator_rate / statistics.median(results['clickhouse raw ingest + GROUP BY']):.1f}x")
-        print(f"aggregator peak RSS (backlog of {total} events): {peak_rss / 1024:.0f} MiB; at 100,000 events/s steady: {steady_rss / 1024:.0f} MiB")
-        print(f"window state: {memory['bytes_per_open_product_window']} bytes per open (product, window); "
-              f"{int(memory['state_bytes']) / 1048576:.0f} MiB for {memory['open_pairs']} open pairs (100,000 products x 3 windows)")
-        print(f"result latency at 100,000 events/s (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
-              f"over {count} batches")
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-        subprocess.run([script, "stop", clickhouse_dir], stdout=subprocess.DEVNULL)
-        shutil.rmtree(work, ignore_errors=True)
+        clicks = truth_data["events_sent"]["clicks"] if truth_data else 0
+        print(f"CTR pipeline benchmark: {total:,} events ({clicks:,} clicks, zstd), {args.products:,} products, {args.runs} runs, "
+              f"git {git_commit()}, {seconds / 60:.1f} min")
+        print(f"{'contender':48} {'partitions':>10} {'median ev/s':>12} {'min':>12} {'max':>12} {'CPU s/M ev':>11}")
+        for name, partitions, rates, cpus in self.rows:
+            cpu = f"{statistics.median(cpus):11.2f}" if cpus else f"{'':11}"
+            print(f"{name:48} {partitions!s:>10} {statistics.median(rates):12,.0f} {min(rates):12,.0f} {max(rates):12,.0f} {cpu}")
+        for partitions in args.partitions:
+            aggregator, consume = self.median("aggregator end to end", partitions), self.median("consume (librdkafka, discard)", partitions)
+            if aggregator and consume:
+                print(f"aggregator / consumer limit at {partitions} partitions: {aggregator / consume:.2f}")
+        low, high = self.median("  its sink (rows/s of insert time)", args.partitions[0]), self.median("  its sink (rows/s of insert time)", args.partitions[-1])
+        if low and high:
+            print(f"sink rows/s at {args.partitions[-1]} / at {args.partitions[0]} partitions: {high / low:.2f}")
+        reference = args.partitions[len(args.partitions) // 2]
+        aggregator = self.median("aggregator end to end", reference)
+        for name in ("clickhouse raw ingest + GROUP BY", "python confluent-kafka + json.loads", f"flink sql TUMBLE, p={args.flink_parallelism} (file source)"):
+            other = self.median(name, "-") or self.median(name, reference)
+            if aggregator and other:
+                print(f"aggregator ({reference} partitions) / {name}: {aggregator / other:.2f}x")
+        if getattr(self, "peak_backlog", 0):
+            print(f"aggregator peak RSS (backlog of {total:,} events): {self.peak_backlog / 1024:.0f} MiB")
+        for note in self.notes:
+            print(note)
+
+    def close(self):
+        for child in self.children:
+            self.stop(child)
+        if hasattr(self, "script"):
+            subprocess.run([self.script, "stop", self.clickhouse_dir], stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def git_commit():
@@ -324,6 +590,40 @@ def git_commit():
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=600_000, help="events in the pre-loaded stream (default 600,000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each contender (default 3)")
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--partitions", default="3,30,96", help="partition counts per topic for consume and e2e (default 3,30,96)")
+    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help="comma-separated subset (default: all but wide)")
+    parser.add_argument("--skip", default="", help="comma-separated contenders to leave out")
+    parser.add_argument("--list", action="store_true", help="list the contenders and exit")
+    parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--distinct-ids", type=int, default=5_000_000)
+    parser.add_argument("--rss-limit-mib", type=int, default=4096, help="stop the distinct-ids run above this RSS (default 4096)")
+    parser.add_argument("--callgrind-events", type=int, default=20_000)
+    parser.add_argument("--flink-parallelism", type=int, default=1)
+    parser.add_argument("--flink-runs", type=int, default=1, help="Flink runs (a JVM each; default 1)")
+    parser.add_argument("--venv", default=os.path.join(ROOT, "run", "bench-venv"), help="the bench's virtual environment")
+    args = parser.parse_args()
+    if args.list:
+        print(" ".join(CONTENDERS))
+        return 0
+    skipped = set(filter(None, args.skip.split(",")))
+    args.contenders = [c for c in args.contenders.split(",") if c and c not in skipped]
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contenders {', '.join(sorted(unknown))}; known: {' '.join(CONTENDERS)}")
+    args.partitions = [int(p) for p in args.partitions.split(",")]
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        bench.close()
+    return 0
 
 
 if __name__ == "__main__":

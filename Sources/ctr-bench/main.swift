@@ -7,19 +7,27 @@ import EventDecoding
 import Ingest
 import TrafficGenerator
 
-/// Measurements that scripts/bench.sh combines into one table. Each prints one line
-/// `RESULT <name> <events> <seconds>` (plus details) on stdout.
+/// Measurements that scripts/bench.py combines into one table. Each prints one line
+/// `RESULT <name> <events> <seconds>` (plus `key=value` details, `cpu=` the CPU seconds of this
+/// process over the same span) on stdout.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctr-bench",
         abstract: "Benchmark stages of the CTR pipeline (release build: swift build -c release).",
-        subcommands: [Consume.self, Stages.self, Sink.self, SinkFormats.self, Memory.self]
+        subcommands: [Consume.self, Stages.self, Sink.self, SinkFormats.self, Memory.self, Callgrind.self, DistinctProducer.self]
     )
 }
 
 func seconds(since start: ContinuousClock.Instant) -> Double {
     let elapsed = ContinuousClock.now - start
     return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+}
+
+/// User plus system CPU seconds of this process so far.
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
 }
 
 func report(_ name: String, events: Int, seconds: Double, _ details: String = "") {
@@ -33,6 +41,8 @@ struct Consume: ParsableCommand {
     @Option var topics = "impressions,clicks"
     @Option var expect: Int
     @Option var group = "bench-consume-\(UInt32.random(in: 0...UInt32.max))"
+    @Option(help: "Stop when no message arrived for this long after the first, ms (the topics hold fewer than expected).")
+    var idleExitMs = 5_000
 
     func run() throws {
         var received = 0
@@ -42,16 +52,24 @@ struct Consume: ParsableCommand {
             topics: topics.split(separator: ",").map(String.init), onError: { _ in }
         )
         var start: ContinuousClock.Instant?
+        var cpuAtStart = 0.0
+        var last = ContinuousClock.now
         let deadline = ContinuousClock.now + .seconds(300)
         while received < expect && ContinuousClock.now < deadline {
             consumer.poll(maxMessages: 10_000, timeout: .milliseconds(100)) { message in
-                if start == nil { start = .now }
+                if start == nil {
+                    start = .now
+                    cpuAtStart = cpuSeconds()
+                }
                 received += 1
                 bytes += message.payload.count
+                last = .now
             }
             for case .assigned(let partitions, _) in consumer.takeRebalanceEvents() { consumer.resume(partitions) }
+            if start != nil, ContinuousClock.now - last > .milliseconds(idleExitMs) { break }
         }
-        report("consume", events: received, seconds: seconds(since: start ?? .now), "bytes=\(bytes)")
+        let elapsed = start.map { _ in seconds(since: start!) - (received < expect ? seconds(since: last) : 0) } ?? 0
+        report("consume", events: received, seconds: elapsed, "bytes=\(bytes) cpu=\(cpuSeconds() - cpuAtStart)")
         consumer.close()
     }
 }
@@ -76,17 +94,19 @@ struct Stages: ParsableCommand {
         var decoded: [(EventKind, String, Timestamp)] = []
         decoded.reserveCapacity(messages.count)
         var start = ContinuousClock.now
+        var cpu = cpuSeconds()
         for (topic, value) in messages {
             if case .success(let event) = decoder.decode(value, expecting: topic.kind, now: now) {
                 decoded.append((topic.kind, event.product.name, event.timestamp))
             }
         }
-        report("decode", events: messages.count, seconds: seconds(since: start))
+        report("decode", events: messages.count, seconds: seconds(since: start), "cpu=\(cpuSeconds() - cpu)")
 
         var catalog = ProductCatalog()
         var windows = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 1, now: Timestamp(milliseconds: 0))
         var rows = 0
         start = .now
+        cpu = cpuSeconds()
         for (index, (kind, product, time)) in decoded.enumerated() {
             _ = windows.ingest(kind, catalog.id(for: product), at: time, from: 0, offset: Int64(index))
             if index % 10_000 == 0 {
@@ -94,7 +114,8 @@ struct Stages: ParsableCommand {
             }
         }
         rows += windows.advance(now: Timestamp(milliseconds: Int64.max / 2)).reduce(0) { $0 + $1.rows.count }
-        report("windows", events: decoded.count, seconds: seconds(since: start), "rows=\(rows) open_product_windows_at_end=\(windows.openProductWindowCount)")
+        report("windows", events: decoded.count, seconds: seconds(since: start),
+            "rows=\(rows) open_product_windows_at_end=\(windows.openProductWindowCount) cpu=\(cpuSeconds() - cpu)")
     }
 }
 
@@ -127,10 +148,11 @@ struct Sink: ParsableCommand {
         }
         if batch.rowCount > 0 { batches.append(ResultRowEncoder.jsonEachRow(batch)) }
         let start = ContinuousClock.now
+        let cpu = cpuSeconds()
         for body in batches {
             _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: body)
         }
-        report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count)")
+        report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count) cpu=\(cpuSeconds() - cpu)")
     }
 }
 
@@ -160,6 +182,124 @@ struct Memory: ParsableCommand {
         let after = residentBytes()
         let pairs = aggregator.openProductWindowCount
         report("memory", events: pairs, seconds: 1, "bytes_per_open_product_window=\((after - before) / max(pairs, 1)) open_pairs=\(pairs) state_bytes=\(after - before) catalog_products=\(catalog.count)")
+    }
+}
+
+/// One in-process stage over N events, for `valgrind --tool=callgrind`: the instructions of a run
+/// with `--skip-stage` (inputs prepared the same way, stage not run) are subtracted from those of
+/// a run without it, so the figure is the stage's alone. Deterministic for a given binary and
+/// arguments when run with `SWIFT_DETERMINISTIC_HASHING=1`.
+struct Callgrind: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run one stage (decode, windows, encode) over N events, for callgrind.")
+
+    enum Stage: String, ExpressibleByArgument, CaseIterable {
+        case decode, windows, encode
+    }
+
+    @Option(help: "decode: EventDecoder over the generated messages; windows: WindowAggregator over decoded events; encode: ResultBatch rows into the insert body (RowBinary, as the sink sends).")
+    var stage: Stage
+    @Option var events = 20_000
+    @Option var products = 10_000
+    @Flag(help: "Prepare the inputs but do not run the stage (the baseline to subtract).") var skipStage = false
+
+    func run() throws {
+        var generator = TrafficGenerator(
+            configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
+        )
+        var messages: [(InputTopic, [UInt8])] = []
+        messages.reserveCapacity(events)
+        for _ in 0..<events {
+            guard let message = generator.next() else { break }
+            messages.append((message.topic, message.value))
+        }
+        let decoder = EventDecoder()
+        let now = Timestamp(milliseconds: 1_700_000_000_000)
+        var items = 0
+        switch stage {
+        case .decode:
+            if !skipStage { items = Self.decode(messages, decoder, now) }
+        case .windows:
+            var decoded: [(EventKind, String, Timestamp)] = []
+            for (topic, value) in messages {
+                if case .success(let event) = decoder.decode(value, expecting: topic.kind, now: now) {
+                    decoded.append((topic.kind, event.product.name, event.timestamp))
+                }
+            }
+            if !skipStage { items = Self.aggregate(decoded) }
+        case .encode:
+            let start = Timestamp(milliseconds: 1_700_000_000_000)
+            let end = Timestamp(milliseconds: 1_700_000_010_000)
+            var rows: [ResultRow] = []
+            rows.reserveCapacity(events)
+            for index in 0..<events {
+                let counts = WindowCounts(impressions: UInt64(100 + index % 7), clicks: 3)
+                rows.append(
+                    ResultRow(
+                        productID: TrafficGenerator.productName(index % products), windowStart: start, windowEnd: end, totals: counts,
+                        delta: counts, revision: 0, emittedAt: end
+                    )
+                )
+            }
+            if !skipStage { items = Self.encode(rows) }
+        }
+        print("RESULT callgrind-\(stage.rawValue) \(skipStage ? 0 : messages.count) 0 items=\(items)")
+    }
+
+    @inline(never) static func decode(_ messages: [(InputTopic, [UInt8])], _ decoder: EventDecoder, _ now: Timestamp) -> Int {
+        var valid = 0
+        for (topic, value) in messages {
+            if case .success = decoder.decode(value, expecting: topic.kind, now: now) { valid += 1 }
+        }
+        return valid
+    }
+
+    /// The product catalogue lookup and the window state, as the pipeline does per event.
+    @inline(never) static func aggregate(_ decoded: [(EventKind, String, Timestamp)]) -> Int {
+        var catalog = ProductCatalog()
+        var windows = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 1, now: Timestamp(milliseconds: 0))
+        var rows = 0
+        for (index, (kind, product, time)) in decoded.enumerated() {
+            _ = windows.ingest(kind, catalog.id(for: product), at: time, from: 0, offset: Int64(index))
+            if index % 10_000 == 0 { rows += windows.advance(now: Timestamp(milliseconds: Int64(index))).reduce(0) { $0 + $1.rows.count } }
+        }
+        return rows + windows.advance(now: Timestamp(milliseconds: Int64.max / 2)).reduce(0) { $0 + $1.rows.count }
+    }
+
+    @inline(never) static func encode(_ rows: [ResultRow]) -> Int {
+        var batch = ResultBatch(id: "callgrind", sequence: 0, generation: 0, day: ResultBatch.day(of: Timestamp(milliseconds: 1_700_000_010_000)))
+        for row in rows { batch.append(row) }
+        return ResultRowEncoder.rowBinary(batch).count
+    }
+}
+
+/// Impressions whose every product id is new (`d<n>`), in event-time order, for the memory line
+/// of a producer with runaway ids (reliability review finding 8).
+struct DistinctProducer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "distinct-producer", abstract: "Produce impressions with a new product id each.")
+    @Option var brokers: String
+    @Option var topic = "impressions"
+    @Option var count = 5_000_000
+    @Option(help: "Events per second of event time.") var eventRate: Int64 = 10_000
+    @Option(help: "Extra librdkafka property KEY=VALUE; repeatable.") var kafkaProperty: [String] = []
+
+    func run() throws {
+        var properties = ["bootstrap.servers": brokers, "linger.ms": "20", "batch.num.messages": "10000"]
+        for property in kafkaProperty {
+            let parts = property.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { properties[parts[0]] = parts[1] }
+        }
+        let producer = try KafkaProducer(configuration: KafkaConfiguration(properties))
+        let start = ContinuousClock.now
+        let firstEvent: Int64 = 1_700_000_000_000
+        for index in 0..<count {
+            let product = "d\(index)"
+            let time = firstEvent + Int64(index) * 1000 / eventRate
+            let value = #"{"product_id":"\#(product)","timestamp":\#(time),"event_type":"impression"}"#
+            try producer.send(topic: topic, key: Array(product.utf8), value: Array(value.utf8))
+            if index % 10_000 == 0 { producer.poll() }
+        }
+        try producer.flush(timeout: .seconds(120))
+        report("distinct-producer", events: count, seconds: seconds(since: start))
     }
 }
 
