@@ -86,7 +86,7 @@ def test_grafana_dashboard_queries_served_metrics():
         dashboard = json.load(f)
     served = {
         "ctr_events_consumed_total", "ctr_events_invalid_total", "ctr_events_too_late_total", "ctr_windows_emitted_total",
-        "ctr_open_windows", "ctr_watermark_lag_seconds", "ctr_consumer_lag", "ctr_sink_rows_total", "ctr_sink_retries_total",
+        "ctr_open_windows", "ctr_watermark_lag_seconds", "ctr_consumer_lag_messages", "ctr_sink_rows_total", "ctr_sink_retries_total",
         "ctr_sink_failures_total", "ctr_sink_insert_seconds_bucket", "ctr_result_latency_seconds_bucket", "ctr_buffer_rows",
     }
     for panel in dashboard["panels"]:
