@@ -82,8 +82,8 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Port for /metrics, /health and /ready; 0 disables. (default: 9464)") var metricsPort: Int?
     @Option(help: "Address the metrics server binds; 0.0.0.0 (or ::) exposes it on every interface, as a container needs. (default: 127.0.0.1)")
     var metricsHost: String?
-    @Option(help: "/health answers 503 when the pipeline loop has made no progress for this long, ms. (default: 60000)")
-    var healthStallTimeoutMs: Int?
+    @Option(help: "/health answers 503 when the pipeline loop has made no progress for this long; e.g. 60s, 1500ms, 2m. (default: 60s)")
+    var healthStallTimeout: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error. (default: info)") var logLevel: String?
     @Option(help: "Log format: text or json. (default: text)") var logFormat: String?
 
@@ -142,7 +142,10 @@ struct AggregatorCommand: ParsableCommand {
         }
         let port = try settings.int("metrics-port", metricsPort, default: 9464)
         let host = settings.string("metrics-host", metricsHost, default: "127.0.0.1")
-        let stallTimeout = Duration.milliseconds(try settings.int("health-stall-timeout-ms", healthStallTimeoutMs, default: 60_000))
+        guard let stallMilliseconds = try durationMilliseconds("health-stall-timeout", settings.string("health-stall-timeout", healthStallTimeout, default: "60s")),
+            stallMilliseconds > 0
+        else { throw ValidationError("--health-stall-timeout must be positive") }
+        let stallTimeout = Duration.milliseconds(stallMilliseconds)
         try settings.rejectUnknownKeys()
 
         // Metrics go through swift-metrics to a Prometheus registry served on /metrics.

@@ -16,7 +16,7 @@ import TestSupport
             [
                 "--nofile=40:40", PackagePaths.executable("ctr-aggregator"), "--brokers", "127.0.0.1:1",
                 "--clickhouse-url", "http://127.0.0.1:\(PackagePaths.freePort())", "--metrics-port", "\(port)",
-                "--health-stall-timeout-ms", "3600000",
+                "--health-stall-timeout", "1h",
             ],
             logDirectory: logs, name: "aggregator"
         )
