@@ -26,9 +26,9 @@ CPU-seconds per million events of the contender's own processes over the measure
   python       confluent-kafka consumer with json.loads and a dict
   flink        Apache Flink SQL, TUMBLE 10 s, watermark 2 s, parallelism 1 (--flink-parallelism), from a
                FILE source of the same events: the Kafka SQL connector jar is not on PyPI, so Flink's
-               figure excludes consuming from Kafka (scripts/bench_flink.py). Marginal figures: a
-               warm-up job on 20,000 lines per file in the same JVM is subtracted, time and CPU, which
-               removes the mini-cluster start and query planning every job pays
+               figure excludes consuming from Kafka (scripts/bench_flink.py). Marginal figures: after a
+               warm-up job, a calibration job on 20,000 lines per file in the same JVM is subtracted,
+               time and CPU, which removes the mini-cluster start and query planning every job pays
   wide         the aggregator end to end on a stream with revenue on clicks and a conversions topic
                (not in the default run)
   memory       window state: bytes per open (product, window) at 100,000 products
@@ -359,11 +359,15 @@ class Bench:
             log(f"flink failed: {out.stderr[-1500:]}")
             return
         events, seconds, details = result_line(out.stdout, "flink")
-        warmup_events, warmup_seconds, warmup = result_line(out.stdout, "flink-warmup")
+        small_events, small_seconds, small = result_line(out.stdout, "flink-calibration")
         # Each job starts a local mini-cluster and plans the query (seconds, whatever the input):
-        # the figures are marginal, the warm-up job's time and CPU subtracted from the timed job's.
-        self.record(f"flink sql TUMBLE, p={self.args.flink_parallelism} (file source)", "-", events - warmup_events,
-                    max(seconds - warmup_seconds, 1e-9), float(details["cpu"]) - float(warmup["cpu"]))
+        # the figures are marginal, a warm calibration job's time and CPU on a small input
+        # subtracted from the timed job's.
+        if seconds <= small_seconds:
+            log(f"flink: the timed job ({seconds:.1f} s) was not longer than the calibration job ({small_seconds:.1f} s); use more --events")
+            return
+        self.record(f"flink sql TUMBLE, p={self.args.flink_parallelism} (file source)", "-", events - small_events,
+                    seconds - small_seconds, max(float(details["cpu"]) - float(small["cpu"]), 0.0))
 
     def memory(self):
         out = subprocess.run([self.exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout
@@ -379,7 +383,8 @@ class Bench:
         broker, live = self.start_broker(3)
         port = free_port()
         aggregator = subprocess.Popen([self.exe("ctr-aggregator"), "--brokers", live, "--clickhouse-url", self.url, "--database", database,
-                                       "--metrics-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                       "--metrics-port", str(port)], stdout=subprocess.DEVNULL,
+                                      stderr=open(os.path.join(self.work, "aggregator-latency.log"), "w"))
         self.children.append(aggregator)
         try:
             while True:
@@ -450,7 +455,10 @@ class Bench:
                     pass
                 if consumed != previous:
                     previous, last_change = consumed, time.time()
-                if consumed >= count or (producer.poll() is not None and time.time() - last_change > 10):
+                if consumed >= count:
+                    break
+                if producer.poll() is not None and time.time() - last_change > 60:
+                    stopped = "consumption stalled for 60 s"
                     break
                 time.sleep(0.2)
             self.notes.append(f"peak RSS while {consumed:,} distinct product ids streamed through: {peak / 1024:.0f} MiB"
@@ -591,11 +599,14 @@ class Bench:
             print(note)
 
     def close(self):
+        if self.args.keep_work:
+            log(f"work directory (logs): {self.work}")
         for child in self.children:
             self.stop(child)
         if hasattr(self, "script"):
             subprocess.run([self.script, "stop", self.clickhouse_dir], stdout=subprocess.DEVNULL)
-        shutil.rmtree(self.work, ignore_errors=True)
+        if not self.args.keep_work:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def git_commit():
@@ -614,6 +625,7 @@ def main():
     parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help="comma-separated subset (default: all but wide)")
     parser.add_argument("--skip", default="", help="comma-separated contenders to leave out")
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work directory (aggregator logs, dumps) and print its path")
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--distinct-ids", type=int, default=5_000_000)
     parser.add_argument("--rss-limit-mib", type=int, default=4096, help="stop the distinct-ids run above this RSS (default 4096)")
