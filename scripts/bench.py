@@ -380,21 +380,17 @@ class Bench:
         log(f"latency: {self.args.latency_seconds:.0f} s at 100,000 events/s ...")
         database = "bench_latency"
         self.migrate(database)
-        broker, live = self.start_broker(3)
+        broker, live = self.start_broker(12)
         port = free_port()
         aggregator = subprocess.Popen([self.exe("ctr-aggregator"), "--brokers", live, "--clickhouse-url", self.url, "--database", database,
                                        "--metrics-port", str(port)], stdout=subprocess.DEVNULL,
                                       stderr=open(os.path.join(self.work, "aggregator-latency.log"), "w"))
         self.children.append(aggregator)
         try:
-            while True:
-                try:
-                    scrape(port)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            self.wait_for_assignment(port)
             producer = subprocess.Popen([self.exe("ctr-producer"), "--brokers", live, "--products", str(self.args.products), "--rate", "100000",
-                                         "--duration", str(self.args.latency_seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         "--duration", str(self.args.latency_seconds)] + COMPRESSION,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             steady, cpu_start = 0, cpu_seconds(aggregator.pid)
             while producer.poll() is None:
                 steady = max(steady, rss_kib(aggregator.pid))
@@ -422,6 +418,20 @@ class Bench:
             self.stop(aggregator)
             self.stop(broker)
 
+    @staticmethod
+    def wait_for_assignment(port, timeout=120):
+        """Waits until the aggregator owns partitions (it exports their consumer lag), so that a
+        producer started next does not outrun the dev broker's 5 MiB per partition meanwhile."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if "ctr_consumer_lag_messages{" in scrape(port):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the aggregator got no partitions")
+
     def distinct(self):
         count = self.args.distinct_ids
         log(f"distinct ids: {count} impressions, each with a new product id ...")
@@ -435,12 +445,7 @@ class Bench:
         self.children.append(aggregator)
         producer = None
         try:
-            while True:
-                try:
-                    scrape(port)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            self.wait_for_assignment(port)
             producer = subprocess.Popen([self.exe("ctr-bench"), "distinct-producer", "--brokers", brokers, "--count", str(count)] + COMPRESSION,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             peak, consumed, last_change, previous, stopped = 0, 0, time.time(), -1, None
