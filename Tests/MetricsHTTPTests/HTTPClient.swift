@@ -27,14 +27,13 @@ final class RawClient {
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(descriptor)
-            throw ClientError("connect to port \(port): \(reason)")
-        }
+        // On a throw the (fully initialized) object is released and deinit closes the socket.
+        guard connected == 0 else { throw ClientError("connect to port \(port): \(String(cString: strerror(errno)))") }
     }
 
-    deinit { close(descriptor) }
+    deinit {
+        if descriptor >= 0 { close(descriptor) }
+    }
 
     func send(_ text: String) throws {
         let bytes = Array(text.utf8)
