@@ -43,6 +43,8 @@ public struct AggregatorConfiguration: Sendable {
     public var startFrom: Timestamp?
     /// With ``startFrom``: every partition starts there, ignoring committed offsets.
     public var resetOffsets: Bool
+    /// Open (product, window) pairs above which consuming pauses until windows close.
+    public var maxOpenProductWindows: Int
 
     /// The topics consumed, in subscription order.
     public var inputTopics: [String] {
@@ -73,13 +75,14 @@ public struct AggregatorConfiguration: Sendable {
         decoder: EventDecoder = EventDecoder(),
         batchMaxRows: Int = 50_000,
         batchMaxDelay: Duration = .milliseconds(250),
-        bufferMaxRows: Int = 1_000_000,
+        bufferMaxRows: Int = 500_000,
         retry: RetryPolicy = RetryPolicy(),
         commitInterval: Duration = .seconds(1),
         pollBatchSize: Int = 10_000,
         statusInterval: Duration = .seconds(10),
         startFrom: Timestamp? = nil,
-        resetOffsets: Bool = false
+        resetOffsets: Bool = false,
+        maxOpenProductWindows: Int = 500_000
     ) {
         self.kafka = kafka
         self.groupID = groupID
@@ -102,5 +105,6 @@ public struct AggregatorConfiguration: Sendable {
         self.statusInterval = statusInterval
         self.startFrom = startFrom
         self.resetOffsets = resetOffsets
+        self.maxOpenProductWindows = maxOpenProductWindows
     }
 }

@@ -121,7 +121,8 @@ public final class AggregatorPipeline: Sendable {
                     writer: pipeline.writer,
                     topics: configuration.inputTopics.map { ($0, configuration.shape(of: $0)) },
                     startFrom: configuration.startFrom,
-                    resetOffsets: configuration.resetOffsets
+                    resetOffsets: configuration.resetOffsets,
+                    maxOpenProductWindows: configuration.maxOpenProductWindows
                 )
             )
             logger.info(

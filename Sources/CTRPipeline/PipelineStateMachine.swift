@@ -38,6 +38,10 @@ public struct PipelineStateMachine: Sendable {
         public var batchMaxDelay: Milliseconds
         /// Rows waiting for ClickHouse above which consuming pauses; it resumes below half.
         public var bufferMaxRows: Int
+        /// Open (product, window) pairs above which consuming pauses until windows close (it
+        /// resumes below half): bounds the window state when the watermark is held back, e.g.
+        /// while a partition without data waits out the idle timeout during a catch-up.
+        public var maxOpenProductWindows: Int
         /// How often (ms of processing time) offsets are committed when they moved.
         public var commitInterval: Milliseconds
         /// Identifies this writer in batch ids.
@@ -52,7 +56,8 @@ public struct PipelineStateMachine: Sendable {
 
         public init(
             windows: WindowConfiguration, batchMaxRows: Int, batchMaxDelay: Milliseconds, bufferMaxRows: Int, commitInterval: Milliseconds,
-            writer: String, topics: [(name: String, shape: EventShape)], startFrom: Timestamp? = nil, resetOffsets: Bool = false
+            writer: String, topics: [(name: String, shape: EventShape)], startFrom: Timestamp? = nil, resetOffsets: Bool = false,
+            maxOpenProductWindows: Int = 1_000_000
         ) {
             self.windows = windows
             self.batchMaxRows = batchMaxRows
@@ -63,6 +68,7 @@ public struct PipelineStateMachine: Sendable {
             self.topics = topics
             self.startFrom = startFrom
             self.resetOffsets = resetOffsets
+            self.maxOpenProductWindows = maxOpenProductWindows
         }
     }
 
@@ -413,8 +419,10 @@ public struct PipelineStateMachine: Sendable {
         let now = observation.now
         bufferedRows = observation.sinkBufferedRows
         var actions: [Action] = []
+        // A partition is idle only when there is nothing to read from it: one with a backlog
+        // (paused or not) or behind a troubled broker stays active.
         for index in assignment!.partitions.indices
-        where paused || observation.sourceTrouble || observation.partitionsWithBacklog.contains(assignment!.partitions[index]) {
+        where observation.sourceTrouble || observation.partitionsWithBacklog.contains(assignment!.partitions[index]) {
             assignment!.windows.keepActive(index)
         }
         if assignment!.holdingEmissions, Self.reachedFrontier(assignment!) { assignment!.holdingEmissions = false }
@@ -539,15 +547,17 @@ public struct PipelineStateMachine: Sendable {
         pendingCommit = [:]
     }
 
-    /// Pauses consumption while ClickHouse is behind (`--buffer-max-rows`, resuming below half)
-    /// or the dead-letter topic cannot take more.
+    /// Pauses consumption while ClickHouse is behind (`--buffer-max-rows`), while the window
+    /// state is at its bound (`--max-open-product-windows`), each resuming below half, or while
+    /// the dead-letter topic cannot take more.
     private mutating func applyBackpressure(deadLettersFull: Bool, into actions: inout [Action]) {
         guard let assignment else { return }
         let buffered = bufferedRows + (openBatch?.rowCount ?? 0)
-        if !paused && (buffered >= configuration.bufferMaxRows || deadLettersFull) {
+        let open = assignment.windows.openProductWindowCount
+        if !paused && (buffered >= configuration.bufferMaxRows || open >= configuration.maxOpenProductWindows || deadLettersFull) {
             paused = true
             actions.append(.pause(assignment.partitions))
-        } else if paused && buffered < configuration.bufferMaxRows / 2 && !deadLettersFull {
+        } else if paused && buffered < configuration.bufferMaxRows / 2 && open < configuration.maxOpenProductWindows / 2 && !deadLettersFull {
             paused = false
             actions.append(.resume(assignment.partitions))
         }

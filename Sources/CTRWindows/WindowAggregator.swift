@@ -218,7 +218,7 @@ public struct WindowAggregator: Sendable {
     public var openWindowCount: Int { windows.count }
 
     /// Number of (product, window) pairs with state.
-    public var openProductWindowCount: Int { windows.values.reduce(0) { $0 + $1.products.count } }
+    public private(set) var openProductWindowCount = 0
 
     /// Number of distinct products held by open windows.
     public var openProductCount: Int { openWindowsOfProduct.count }
@@ -261,6 +261,7 @@ public struct WindowAggregator: Sendable {
             return .revenueOverflow(windowStart: Timestamp(milliseconds: start))
         case .countedNewProduct:
             openWindowsOfProduct[product, default: 0] += 1
+            openProductWindowCount += 1
         case .counted:
             break
         }
@@ -285,7 +286,10 @@ public struct WindowAggregator: Sendable {
                 restoredPositions.append(row.reflectedBefore)
                 restoredPositionIndex[row.reflectedBefore] = index
             }
-            if window.products[row.product] == nil { openWindowsOfProduct[row.product, default: 0] += 1 }
+            if window.products[row.product] == nil {
+                openWindowsOfProduct[row.product, default: 0] += 1
+                openProductWindowCount += 1
+            }
             window.products[row.product] = ProductState(
                 counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false, restoredPositions: index
             )
@@ -345,6 +349,7 @@ public struct WindowAggregator: Sendable {
         }
         for start in expired {
             guard let window = windows.removeValue(forKey: start) else { continue }
+            openProductWindowCount -= window.products.count
             for product in window.products.keys {
                 guard let index = openWindowsOfProduct.index(forKey: product) else { continue }
                 if openWindowsOfProduct.values[index] <= 1 {

@@ -84,6 +84,7 @@ public final class KafkaConsumer {
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
         "queued.min.messages": "1000000",
+        "queued.max.messages.kbytes": "16384",
         "session.timeout.ms": "10000",
         "heartbeat.interval.ms": "1000",
     ]

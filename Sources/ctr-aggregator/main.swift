@@ -72,7 +72,9 @@ struct AggregatorCommand: ParsableCommand {
     var maxFutureMs: Int64?
     @Option(help: "Rows per insert batch. (default: 50000)") var batchMaxRows: Int?
     @Option(help: "Longest wait before a batch is sent, ms. (default: 250)") var batchMaxDelayMs: Int?
-    @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: 1000000)") var bufferMaxRows: Int?
+    @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: 500000)") var bufferMaxRows: Int?
+    @Option(help: "Open (product, window) pairs above which consuming pauses until windows close. (default: 500000)")
+    var maxOpenProductWindows: Int?
     @Option(help: "First retry delay, ms. (default: 100)") var retryInitialMs: Int?
     @Option(help: "Backoff multiplier. (default: 2)") var retryMultiplier: Double?
     @Option(help: "Longest retry delay, ms. (default: 10000)") var retryMaxMs: Int?
@@ -126,7 +128,7 @@ struct AggregatorCommand: ParsableCommand {
             ),
             batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: 50_000),
             batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: 250)),
-            bufferMaxRows: try settings.int("buffer-max-rows", bufferMaxRows, default: 1_000_000),
+            bufferMaxRows: try settings.int("buffer-max-rows", bufferMaxRows, default: 500_000),
             retry: RetryPolicy(
                 initialDelay: .milliseconds(try settings.int("retry-initial-ms", retryInitialMs, default: 100)),
                 multiplier: try settings.double("retry-multiplier", retryMultiplier, default: 2),
@@ -135,7 +137,8 @@ struct AggregatorCommand: ParsableCommand {
             ),
             commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000)),
             startFrom: try settings.optional("start-from", startFrom).map { try timestamp("start-from", $0) },
-            resetOffsets: try settings.bool("reset-offsets", resetOffsets, default: false)
+            resetOffsets: try settings.bool("reset-offsets", resetOffsets, default: false),
+            maxOpenProductWindows: try settings.int("max-open-product-windows", maxOpenProductWindows, default: 500_000)
         )
         if configuration.resetOffsets && configuration.startFrom == nil {
             throw ValidationError("--reset-offsets needs --start-from: it says where every partition starts")

@@ -179,6 +179,24 @@ import Testing
         #expect(machine.pollFinished(.init(now: at(60))).contains(.resume([clicks0, impressions0])))
     }
 
+    @Test func openWindowStateAtItsBoundPausesUntilWindowsClose() {
+        var machine = PipelineStateMachine(
+            configuration: .init(
+                windows: WindowConfiguration(), batchMaxRows: 100, batchMaxDelay: Milliseconds(250), bufferMaxRows: 1_000,
+                commitInterval: Milliseconds(1_000), writer: "w", topics: [("impressions", .kind(.impression))], maxOpenProductWindows: 4
+            )
+        )
+        _ = machine.assigned([impressions0], generation: 1, now: at(0))
+        _ = machine.committedOffsetsRead([:], now: at(0))
+        _ = machine.restored([], now: at(0))
+        for (offset, product) in ["a", "b", "c", "d"].enumerated() {
+            _ = machine.consumed(topicIndex: 0, partition: 0, offset: Int64(offset), impression(product, 1_000))
+        }
+        #expect(machine.pollFinished(.init(now: at(10))).contains(.pause([impressions0])), "4 open (product, window) pairs")
+        _ = machine.consumed(topicIndex: 0, partition: 0, offset: 4, impression("e", 30_000))
+        #expect(machine.pollFinished(.init(now: at(20))).contains(.resume([impressions0])), "the window closed and expired: 1 pair left")
+    }
+
     @Test func refusedMessagesAreDeadLettered() {
         var machine = running()
         let rejection = Rejection(.notJSON, "x")
