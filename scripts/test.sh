@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+
+# Nothing under Tests/, tests/, scripts/ or .ci/ reads outside the clone.
+python3 scripts/check-self-contained.py
+
 swift build
 
 # Static checks of docker-compose.yml, the Dockerfile and the Grafana dashboard (no Docker engine here).

@@ -128,10 +128,11 @@ import Testing
         #expect(!summary.contains("counted_clicks=0 "), "clicks are flags on impressions: \(summary)")
     }
 
-    /// The Avazu replay path on real rows (../shared/data/avazu_sample.csv): per-product
-    /// impressions and clicks in ClickHouse equal counts computed directly from the CSV.
+    /// The Avazu replay path on real rows (`Tests/Fixtures/avazu_sample.csv`, the first 100 rows
+    /// of the Kaggle Avazu train file): per-product impressions and clicks in ClickHouse equal
+    /// counts computed directly from the CSV.
     @Test func avazuSampleReplaysExactly() throws {
-        let sample = PackagePaths.root.deletingLastPathComponent().appendingPathComponent("shared/data/avazu_sample.csv")
+        let sample = PackagePaths.fixture("avazu_sample.csv")
         let directory = try PackagePaths.temporaryDirectory("ctr-e2e-avazu")
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "avazu")
         try ClickHouseTestServer.migrate(endpoint)

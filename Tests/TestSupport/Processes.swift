@@ -14,6 +14,9 @@ public enum PackagePaths {
 
     public static func executable(_ name: String) -> String { binaries.appendingPathComponent(name).path }
 
+    /// A file of `Tests/Fixtures` (the repository carries every file its tests read).
+    public static func fixture(_ name: String) -> URL { root.appendingPathComponent("Tests/Fixtures").appendingPathComponent(name) }
+
     /// A fresh temporary directory.
     public static func temporaryDirectory(_ prefix: String) throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
