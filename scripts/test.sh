@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 
 # Nothing under Tests/, tests/, scripts/ or .ci/ reads outside the clone.
 python3 scripts/check-self-contained.py
