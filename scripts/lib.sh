@@ -18,21 +18,30 @@ fail() {
 # shellcheck source=scripts/process-lib.sh
 source "$root/scripts/process-lib.sh"
 
-# start_process NAME COMMAND... : starts it in the background with its log and pid file,
-# unless it already runs.
+# start_process NAME READY COMMAND... : starts COMMAND in the background with its log and pid
+# file, unless it already runs, then waits until the shell condition READY holds (e.g. its
+# health endpoint answers). Fails as soon as the process exits; if it still runs after
+# ${CTR_START_TIMEOUT:-60} s without READY holding, warns and goes on.
 start_process() {
-    local name="$1"
-    shift
-    local pidfile="$run_dir/$name.pid"
+    local name="$1" ready="$2"
+    shift 2
+    local pidfile="$run_dir/$name.pid" log="$run_dir/logs/$name.log"
     if pid_running "$pidfile"; then
         say "$name already running (pid $(cat "$pidfile")); leaving it"
         return 0
     fi
-    nohup "$@" >"$run_dir/logs/$name.log" 2>&1 &
+    nohup "$@" >"$log" 2>&1 &
     echo $! >"$pidfile"
-    sleep 0.5
-    pid_running "$pidfile" || fail "$name exited at start" "see $run_dir/logs/$name.log"
-    say "$name started (pid $(cat "$pidfile"), log $run_dir/logs/$name.log)"
+    local deadline=$((SECONDS + ${CTR_START_TIMEOUT:-60}))
+    until bash -c "$ready" >/dev/null 2>&1; do
+        pid_running "$pidfile" || fail "$name exited at start" "see $log: $(tail -n 3 "$log" | tr '\n' ' ')"
+        if ((SECONDS >= deadline)); then
+            warn "$name runs but is not ready after ${CTR_START_TIMEOUT:-60} s (waited for: $ready); see $log"
+            break
+        fi
+        sleep 0.1
+    done
+    say "$name started (pid $(cat "$pidfile"), log $log)"
 }
 
 # stop_pid NAME : stops the process of $run_dir/NAME.pid (SIGTERM, then SIGKILL after 30 s).

@@ -74,7 +74,8 @@ clickhouse_url="http://127.0.0.1:$(cat "$run_dir/clickhouse/http_port")"
 echo "$clickhouse_url" >"$run_dir/clickhouse_url"
 
 step "Kafka-protocol broker (ctr-dev-broker)"
-start_process dev-broker "$bin/ctr-dev-broker" --brokers 3 --partitions 3 --topics "impressions,clicks,conversions,ctr-dlq" \
+pid_running "$run_dir/dev-broker.pid" || rm -f "$run_dir/bootstrap.txt"
+start_process dev-broker "test -s '$run_dir/bootstrap.txt'" "$bin/ctr-dev-broker" --brokers 3 --partitions 3 --topics "impressions,clicks,conversions,ctr-dlq" \
     --bootstrap-file "$run_dir/bootstrap.txt" --control-file "$run_dir/broker-control"
 wait_for "broker bootstrap list" 30 test -s "$run_dir/bootstrap.txt"
 brokers="$(cat "$run_dir/bootstrap.txt")"
@@ -84,11 +85,11 @@ step "schema-tool migrate"
     >"$run_dir/logs/migrate.log" 2>&1 || fail "migrations failed" "see $run_dir/logs/migrate.log"
 
 step "ctr-aggregator"
-start_process aggregator "$bin/ctr-aggregator" --brokers "$brokers" --clickhouse-url "$clickhouse_url" --database "$DATABASE" \
+start_process aggregator "curl -fsS http://127.0.0.1:$METRICS_PORT/health" "$bin/ctr-aggregator" --brokers "$brokers" --clickhouse-url "$clickhouse_url" --database "$DATABASE" \
     --conversions-topic conversions --metrics-port "$METRICS_PORT" --log-format json
 
 step "ctr-producer ($products products, $rate events/s)"
-start_process producer "$bin/ctr-producer" --brokers "$brokers" --products "$products" --rate "$rate" --duration 86400 \
+start_process producer "grep -q 'sent ' '$run_dir/logs/producer.log'" "$bin/ctr-producer" --brokers "$brokers" --products "$products" --rate "$rate" --duration 86400 \
     --late-fraction 0.01 --invalid-fraction 0.001 --conversion-rate 0.08 --revenue-per-click 0.35 --revenue-per-conversion 42
 
 step "waiting for the first windows in ctr_results_raw"
