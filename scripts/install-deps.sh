@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the pipeline needs, when missing.
 #
-#   scripts/install-deps.sh           # to build and run it (used by setup.sh)
-#   scripts/install-deps.sh --test    # also what the tests need (used by test.sh)
+#   scripts/install-deps.sh             # to build and run it (used by setup.sh)
+#   scripts/install-deps.sh --cluster   # also ZooKeeper, for the two-replica cluster (setup.sh --cluster)
+#   scripts/install-deps.sh --test      # also what the tests need (used by test.sh)
 #
 # Runtime: the Debian packages to build the executables and run a private ClickHouse.
 # Tests, in addition: ZooKeeper (two-replica cluster tests), kcat (reads the dead-letter topic),
@@ -18,14 +19,13 @@ runtime=(librdkafka-dev libcurl4-openssl-dev pkg-config clickhouse-server clickh
 test_packages=(zookeeper kcat chromium python3-pip)
 
 tests=0
-case "${1:-}" in
---test) tests=1 ;;
-"") ;;
-*) echo "usage: $0 [--test]" >&2; exit 2 ;;
-esac
-
 packages=("${runtime[@]}")
-((tests)) && packages+=("${test_packages[@]}")
+case "${1:-}" in
+--test) tests=1; packages+=("${test_packages[@]}") ;;
+--cluster) packages+=(zookeeper) ;;
+"") ;;
+*) echo "usage: $0 [--test | --cluster]" >&2; exit 2 ;;
+esac
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
