@@ -4,7 +4,7 @@ import Synchronization
 import TestSupport
 import Testing
 
-/// Migration 0007 (ctr_latest_view carries conversions and revenue) on ClickHouse 18.16, with
+/// Migration 0008 (ctr_latest_view carries conversions and revenue) on ClickHouse 18.16, with
 /// rows present and inserts running through the migration, as `schema-tool migrate` runs it.
 @Suite(.serialized) struct LatestViewMigrationTests {
     /// Per product, the row with the highest (window_start, revision), straight from the raw table.
@@ -27,7 +27,7 @@ import Testing
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "latest")
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
                       "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
-        let before = try schemaTool(["migrate", "--to", "6"] + common)
+        let before = try schemaTool(["migrate", "--to", "7"] + common)
         #expect(before.status == 0, "\(before.stderr)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
 
@@ -42,7 +42,7 @@ import Testing
         try #require(writer.waitForBatches(during + 20), "inserts go on after the migration")
         writer.stop()
         #expect(migrated.status == 0, "\(migrated.stderr)")
-        #expect(migrated.stdout.contains("applying 0007_latest_view_conversions_revenue"))
+        #expect(migrated.stdout.contains("applying 0008_latest_view_conversions_revenue"))
         #expect(migrated.stdout.contains("waiting"), "the cut-over waits happened with data present: \(migrated.stdout)")
 
         let latest = try connection.rows(Self.latest)
