@@ -58,8 +58,7 @@ fi
 if ((need_promtool)); then
     echo "unpacking promtool from Debian's prometheus package into .test-artifacts/tools" >&2
     scratch="$(mktemp -d)"
-    chmod 755 "$scratch" # apt-get download runs as _apt
-    (cd "$scratch" && apt-get download -qq prometheus >/dev/null && dpkg-deb -x prometheus_*.deb root)
+    (cd "$scratch" && apt-get -o APT::Sandbox::User=root download -qq prometheus >/dev/null && dpkg-deb -x prometheus_*.deb root)
     mkdir -p .test-artifacts/tools
     cp "$scratch/root/usr/bin/promtool" .test-artifacts/tools/promtool
     rm -rf "$scratch"
