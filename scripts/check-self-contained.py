@@ -26,7 +26,9 @@ SKIPPED_DIRECTORIES = {"Fixtures", "__pycache__", ".build"}
 SELF = {os.path.join("scripts", "check-self-contained.py"), os.path.join("tests", "deploy", "test_self_contained.py")}
 TEXT_SUFFIXES = (".swift", ".py", ".sh", ".yml", ".yaml", ".json", ".sql", "")
 
-PATH_TOKEN = re.compile(r"[\w./-]*(?<![\w.])\.\.(?![\w.])[\w./-]*")
+# A `..` path component: after a separator, quote, space, `=`, `(` or `:` and before one (not
+# Swift's `..<` / `...` range operators).
+PATH_TOKEN = re.compile(r"""[\w./-]*(?:^|(?<=[/"'\s=(:]))\.\.(?=[/"'\s)]|$)[\w./-]*""")
 ABSOLUTE_HOME = re.compile(r"""(?<![\w.$}])/(?:work|home|Users|root)/[\w.-]""")
 UP_FROM_ROOT = re.compile(r"\broot\s*\.deletingLastPathComponent\(\)")
 FILE_PATH_CHAIN = re.compile(r"#filePath\)((?:\s*\.deletingLastPathComponent\(\))+)")

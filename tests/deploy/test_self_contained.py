@@ -32,6 +32,7 @@ def test_escapes_are_found(tmp_path):
           '.deletingLastPathComponent().deletingLastPathComponent()\n')
     write(root, "scripts/a.sh", 'cd "$(dirname "$0")/../.."\ncat /work/shared/data/x.csv\n')
     write(root, ".ci/run", 'cd "$(dirname "$0")/.."\nexec ./scripts/test.sh\n')
+    write(root, "Tests/X/Ranges.swift", 'let a = buffered[..<newline]\nfor i in Int64(0)..<30 {}\nlet b = chunk[...end]\n')
     problems = "\n".join(checker.check(root))
     assert "A.swift:1: goes up from the package root" in problems
     assert "A.swift:2: path '../shared/data/avazu_sample.csv' leaves the repository" in problems
@@ -40,3 +41,4 @@ def test_escapes_are_found(tmp_path):
     assert "a.sh:1: path '/../..' leaves the repository" in problems
     assert "a.sh:2: absolute path into a home or work directory" in problems
     assert ".ci/run" not in problems, "going up from .ci to the root stays inside"
+    assert "Ranges.swift" not in problems, "Swift range operators are not paths"
