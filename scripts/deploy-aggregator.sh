@@ -13,5 +13,5 @@ shift 2
 [[ -s "$run_dir/bootstrap.txt" ]] || fail "the pipeline is not running" "start it with ./scripts/setup.sh"
 bin="$(swift build -c release --show-bin-path)"
 mkdir -p "$run_dir/logs"
-start_process "$name" "$bin/ctr-aggregator" --brokers "$(cat "$run_dir/bootstrap.txt")" --clickhouse-url "$(cat "$run_dir/clickhouse_url")" \
+start_process "$name" "curl -fsS http://127.0.0.1:$port/health" "$bin/ctr-aggregator" --brokers "$(cat "$run_dir/bootstrap.txt")" --clickhouse-url "$(cat "$run_dir/clickhouse_url")" \
     --database "$DATABASE" --conversions-topic conversions --metrics-port "$port" --log-format json "$@"

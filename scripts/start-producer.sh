@@ -13,4 +13,4 @@ bin="$(swift build -c release --show-bin-path)"
 mkdir -p "$run_dir/logs"
 args=("$@")
 ((${#args[@]})) || args=(--products 500 --rate 2000 --duration 86400)
-start_process "$name" "$bin/ctr-producer" --bootstrap-file "$run_dir/bootstrap.txt" "${args[@]}"
+start_process "$name" "grep -q 'sent ' '$run_dir/logs/$name.log'" "$bin/ctr-producer" --bootstrap-file "$run_dir/bootstrap.txt" "${args[@]}"

@@ -23,6 +23,9 @@ stop_pid dev-broker
 if [[ -d "$run_dir/clickhouse" ]]; then
     scripts/clickhouse-local.sh stop "$run_dir/clickhouse" && say "stopped ClickHouse"
 fi
+if [[ -d "$run_dir/cluster" ]]; then
+    scripts/clickhouse-cluster.sh stop "$run_dir/cluster" >/dev/null && say "stopped the ClickHouse cluster (two replicas and ZooKeeper)"
+fi
 if ((purge)); then
     rm -rf "$run_dir"
     say "removed $run_dir"

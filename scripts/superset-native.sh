@@ -24,6 +24,9 @@ port="${CTR_SUPERSET_PORT:-8088}"
 pidfile="$run_dir/superset.pid"
 password="${SUPERSET_ADMIN_PASSWORD:-admin}"
 
+# shellcheck source=scripts/process-lib.sh
+source "$root/scripts/process-lib.sh"
+
 export SUPERSET_HOME="$home"
 export SUPERSET_CONFIG_PATH="$home/superset_config.py"
 export FLASK_APP=superset
@@ -80,12 +83,10 @@ start)
     echo "Superset ready on http://127.0.0.1:$port (admin / $password)"
     ;;
 stop)
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        kill "$(cat "$pidfile")"
-        sleep 1
+    if [[ -n "$(stop_pidfile "$pidfile" 30)" ]]; then
+        # Worker processes of this run directory's Superset, if any outlived it.
         pkill -f "$venv/bin/superset" 2>/dev/null || true
     fi
-    rm -f "$pidfile"
     ;;
 *)
     echo "usage: $0 install|start|stop RUN_DIR [CLICKHOUSE_HTTP_PORT DATABASE]" >&2

@@ -1,15 +1,51 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, integration tests against a private ClickHouse server and the
-# dev Kafka broker, end-to-end tests of the executables, a reduced fault campaign, and the
-# native bring-up with Superset end to end.
-# Installs what the tests need.
+# Runs the tests.
+#
+#   ./scripts/test.sh --unit     # the fast loop: unit and property tests, no servers (under a minute warm)
+#   ./scripts/test.sh [ARGS]     # everything, as CI runs it; ARGS go to the integration `swift test`
+#
+# The full run installs what the tests need (scripts/install-deps.sh --test), checks that
+# nothing reads outside the clone, builds, runs the unit tier first, then the static Docker and
+# Prometheus checks, a bounded fuzz run, the reduced fault campaign, the native bring-up end to
+# end (Superset screenshot included, single server and two-replica cluster), and the
+# integration tests: a private ClickHouse 18.16, the dev Kafka broker, a two-replica cluster,
+# current ClickHouse through chdb, and the executables end to end.
+#
+# Integration suites are the ones named *IntegrationTests, ClusterMigrationTests, SlidingCTRViewTests and everything
+# in EndToEndTests (Tests/TestSupport/TestTier.swift); the unit tier skips them by name and sets
+# CTR_TEST_TIER=unit, so an integration test that escapes the naming fails at once saying which
+# server it needs instead of starting it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
-swift build
+integration='IntegrationTests|ClusterMigrationTests|SlidingCTRViewTests|EndToEndTests'
 
-# Static checks of docker-compose.yml, the Dockerfile and the Grafana dashboard (no Docker engine here).
+unit_tier() {
+    CTR_TEST_TIER=unit swift test --skip-build --skip "$integration"
+}
+
+if [[ "${1:-}" == "--unit" ]]; then
+    shift
+    scripts/install-deps.sh
+    swift build --build-tests
+    started=$SECONDS
+    unit_tier "$@"
+    echo "unit tier: $((SECONDS - started)) s"
+    exit 0
+fi
+
+scripts/install-deps.sh --test
+
+# Nothing under Tests/, tests/, scripts/ or .ci/ reads outside the clone.
+python3 scripts/check-self-contained.py
+
+swift build --build-tests
+
+# The fast tier first: a broken unit test fails the run in a minute, not after the slow parts.
+unit_tier
+
+# Static checks of docker-compose.yml, the Dockerfile, the Grafana dashboard and the Prometheus
+# rules (promtool), and of the self-containment check itself (no Docker engine here).
 python3 -m pytest -q tests/deploy
 
 # libFuzzer on the event decoder, bounded.
@@ -19,7 +55,9 @@ python3 -m pytest -q tests/deploy
 python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
 
 # The native bring-up end to end: setup.sh, Superset (REST and a headless Chromium screenshot in
-# .test-artifacts/), metrics, stop.sh.
+# .test-artifacts/), metrics, stop.sh; then the two-replica cluster bring-up (setup.sh --cluster).
 ./scripts/e2e-setup.sh
+./scripts/e2e-setup.sh --cluster
 
-swift test "$@"
+# The integration tier.
+swift test --skip-build --filter "$integration" "$@"

@@ -6,7 +6,8 @@ public struct TrafficConfiguration: Sendable {
     /// Number of products, named `p-000000`, `p-000001`, ...
     public var products: Int
     /// Mean of the per-product click-through rates (each product's rate is drawn once from a
-    /// log-normal distribution around it, capped at 0.5).
+    /// log-normal distribution around it, capped at 0.5). The default, 1.5 %, puts most products
+    /// between about 0.5 % and 4 %, as display advertising sees.
     public var meanCTR: Double
     public var seed: UInt64
     /// Event time of the first event.
@@ -40,7 +41,7 @@ public struct TrafficConfiguration: Sendable {
     public var singleTopic: Bool
 
     public init(
-        products: Int = 1_000, meanCTR: Double = 0.04, seed: UInt64 = 1, startTime: Timestamp, eventRate: Double = 1_000,
+        products: Int = 1_000, meanCTR: Double = 0.015, seed: UInt64 = 1, startTime: Timestamp, eventRate: Double = 1_000,
         disorder: Milliseconds = Milliseconds(1_000), lateFraction: Double = 0, tooLateFraction: Double = 0,
         tooLateLag: Milliseconds = .seconds(120), invalidFraction: Double = 0, clickDelay: ClosedRange<Int64> = 200...3_000,
         conversionRate: Double = 0, revenuePerClick: Double = 0, revenuePerConversion: Double = 0, singleTopic: Bool = false

@@ -123,7 +123,7 @@ struct Synthetic: ParsableCommand {
     @OptionGroup var kafka: KafkaOptions
     @OptionGroup var windows: WindowOptions
     @Option(help: "Number of products.") var products = 1_000
-    @Option(help: "Mean click-through rate.") var meanCtr = 0.04
+    @Option(help: "Mean click-through rate (per-product rates are drawn around it).") var meanCtr = 0.015
     @Option(help: "Messages per second of wall-clock time; 0 sends as fast as possible.") var rate: Double = 1_000
     @Option(help: "Events per second of event time.") var eventRate: Double?
     @Option(help: "Stop after this many messages.") var count: Int?
@@ -137,7 +137,7 @@ struct Synthetic: ParsableCommand {
     @Option(help: "Fraction of invalid messages.") var invalidFraction = 0.0
     @Option(help: "Fraction of clicks followed by a conversion on --conversions-topic.") var conversionRate = 0.0
     @Option(help: "Mean revenue per click (currency units, 2 decimals); 0 sends none.") var revenuePerClick = 0.0
-    @Option(help: "Mean revenue per conversion (currency units, 2 decimals).") var revenuePerConversion = 0.0
+    @Option(help: "Mean revenue per conversion, e.g. a cost-per-action payout (currency units, 2 decimals).") var revenuePerConversion = 4.0
 
     func validate() throws {
         guard count != nil || duration != nil else { throw ValidationError("give --count or --duration") }

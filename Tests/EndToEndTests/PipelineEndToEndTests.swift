@@ -10,7 +10,7 @@ import Testing
         let directory = try PackagePaths.temporaryDirectory("ctr-e2e")
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "e2e")
         let migrate = try ChildProcess.run(
-            PackagePaths.executable("schema-tool"),
+            PackagePaths.builtExecutable("schema-tool"),
             ["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database,
              "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
         )
@@ -19,7 +19,7 @@ import Testing
         let broker = try DevBrokerProcess(directory: directory)
         let metricsPort = PackagePaths.freePort()
         let aggregator = try ChildProcess(
-            PackagePaths.executable("ctr-aggregator"),
+            PackagePaths.builtExecutable("ctr-aggregator"),
             ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database,
              "--metrics-port", "\(metricsPort)", "--group-id", "e2e"],
             logDirectory: directory, name: "aggregator"
@@ -28,7 +28,7 @@ import Testing
 
         let truthFile = directory.appendingPathComponent("truth.json")
         let producer = try ChildProcess.run(
-            PackagePaths.executable("ctr-producer"),
+            PackagePaths.builtExecutable("ctr-producer"),
             ["--brokers", broker.bootstrapServers, "--products", "300", "--count", "90000", "--rate", "15000", "--event-rate", "1000",
              "--start-time-ms", "1700000000000", "--seed", "7", "--late-fraction", "0.02", "--too-late-fraction", "0.002",
              "--too-late-lag-ms", "40000", "--invalid-fraction", "0.002", "--truth-file", truthFile.path]
@@ -53,7 +53,8 @@ import Testing
         #expect(!metrics.contains("ctr_sink_rows_total 0\n"))
         #expect(try ChildProcess.run("/usr/bin/curl", ["-fsS", "http://127.0.0.1:\(metricsPort)/ready"]).status == 0)
 
-        // Every refused message is in the dead-letter topic with its reason.
+        // Every refused message is in the dead-letter topic with its reason (read with kcat).
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/kcat"), "this test reads the dead-letter topic with kcat: scripts/install-deps.sh --test")
         var byReason: [String: Int] = [:]
         let expectedLetters = (truth["invalid_sent"] as! Int) + (truth["too_late_sent"] as! Int)
         _ = eventually(timeout: 30) {
@@ -84,7 +85,7 @@ import Testing
         try ClickHouseTestServer.migrate(endpoint)
         let broker = try DevBrokerProcess(topics: topics, directory: directory)
         let aggregator = try ChildProcess(
-            PackagePaths.executable("ctr-aggregator"),
+            PackagePaths.builtExecutable("ctr-aggregator"),
             ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--metrics-port", "0",
              "--group-id", name] + extraAggregator,
             logDirectory: directory, name: "aggregator"
@@ -92,7 +93,7 @@ import Testing
         defer { aggregator.stop() }
         let truthFile = directory.appendingPathComponent("truth.json")
         let producer = try ChildProcess.run(
-            PackagePaths.executable("ctr-producer"),
+            PackagePaths.builtExecutable("ctr-producer"),
             ["--brokers", broker.bootstrapServers, "--products", "200", "--count", "40000", "--rate", "15000", "--event-rate", "1000",
              "--start-time-ms", "1700000000000", "--seed", "5", "--late-fraction", "0.02", "--truth-file", truthFile.path] + extraProducer
         )
@@ -128,23 +129,24 @@ import Testing
         #expect(!summary.contains("counted_clicks=0 "), "clicks are flags on impressions: \(summary)")
     }
 
-    /// The Avazu replay path on real rows (../shared/data/avazu_sample.csv): per-product
-    /// impressions and clicks in ClickHouse equal counts computed directly from the CSV.
+    /// The Avazu replay path on real rows (`Tests/Fixtures/avazu_sample.csv`, the first 100 rows
+    /// of the Kaggle Avazu train file): per-product impressions and clicks in ClickHouse equal
+    /// counts computed directly from the CSV.
     @Test func avazuSampleReplaysExactly() throws {
-        let sample = PackagePaths.root.deletingLastPathComponent().appendingPathComponent("shared/data/avazu_sample.csv")
+        let sample = PackagePaths.fixture("avazu_sample.csv")
         let directory = try PackagePaths.temporaryDirectory("ctr-e2e-avazu")
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "avazu")
         try ClickHouseTestServer.migrate(endpoint)
         let broker = try DevBrokerProcess(directory: directory)
         let aggregator = try ChildProcess(
-            PackagePaths.executable("ctr-aggregator"),
+            PackagePaths.builtExecutable("ctr-aggregator"),
             ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database,
              "--metrics-port", "0", "--group-id", "avazu"],
             logDirectory: directory, name: "aggregator"
         )
         defer { aggregator.stop() }
         let producer = try ChildProcess.run(
-            PackagePaths.executable("ctr-producer"),
+            PackagePaths.builtExecutable("ctr-producer"),
             ["avazu", "--file", sample.path, "--brokers", broker.bootstrapServers, "--truth-file", directory.appendingPathComponent("truth.json").path]
         )
         #expect(producer.status == 0, "\(producer.stderr)")
@@ -185,7 +187,7 @@ import Testing
         try "id,click,hour,site_id\n1,0,14102100,a\n2,7,14102100,b\n3,1,141021,c\n4,1,14102101\n".write(to: file, atomically: true, encoding: .utf8)
         let broker = try DevBrokerProcess(directory: directory)
         let result = try ChildProcess.run(
-            PackagePaths.executable("ctr-producer"), ["avazu", "--file", file.path, "--brokers", broker.bootstrapServers, "--no-final-watermark"]
+            PackagePaths.builtExecutable("ctr-producer"), ["avazu", "--file", file.path, "--brokers", broker.bootstrapServers, "--no-final-watermark"]
         )
         #expect(result.status == 0)
         #expect(result.stderr.contains("bad.csv:line 3: click must be 0 or 1"))
@@ -207,20 +209,20 @@ import Testing
             metrics-port: 0
             kafka-properties: [client.id=from-yaml]
             """.write(to: file, atomically: true, encoding: .utf8)
-        let fromFile = try ChildProcess.run(PackagePaths.executable("ctr-aggregator"), ["--config", file.path])
+        let fromFile = try ChildProcess.run(PackagePaths.builtExecutable("ctr-aggregator"), ["--config", file.path])
         #expect(fromFile.status != 0)
         #expect(fromFile.stderr.contains("from_yaml_db"), "the database comes from the file: \(fromFile.stderr)")
         let fromEnvironment = try ChildProcess.run(
-            PackagePaths.executable("ctr-aggregator"), ["--config", file.path], environment: ["CTR_DATABASE": "from_env_db"]
+            PackagePaths.builtExecutable("ctr-aggregator"), ["--config", file.path], environment: ["CTR_DATABASE": "from_env_db"]
         )
         #expect(fromEnvironment.stderr.contains("from_env_db"), "the environment overrides the file")
         let fromFlag = try ChildProcess.run(
-            PackagePaths.executable("ctr-aggregator"), ["--config", file.path, "--database", "from_flag_db"], environment: ["CTR_DATABASE": "from_env_db"]
+            PackagePaths.builtExecutable("ctr-aggregator"), ["--config", file.path, "--database", "from_flag_db"], environment: ["CTR_DATABASE": "from_env_db"]
         )
         #expect(fromFlag.stderr.contains("from_flag_db"), "the flag overrides the environment")
 
         try "brokers: x\nno-such-setting: 1\n".write(to: file, atomically: true, encoding: .utf8)
-        let unknown = try ChildProcess.run(PackagePaths.executable("ctr-aggregator"), ["--config", file.path])
+        let unknown = try ChildProcess.run(PackagePaths.builtExecutable("ctr-aggregator"), ["--config", file.path])
         #expect(unknown.status != 0)
         #expect(unknown.stderr.contains("no-such-setting"))
     }
@@ -230,7 +232,7 @@ import Testing
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "noschema")
         let broker = try DevBrokerProcess(directory: directory)
         let result = try ChildProcess.run(
-            PackagePaths.executable("ctr-aggregator"),
+            PackagePaths.builtExecutable("ctr-aggregator"),
             ["--brokers", broker.bootstrapServers, "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--metrics-port", "0"]
         )
         #expect(result.status != 0)

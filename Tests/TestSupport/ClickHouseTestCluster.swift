@@ -23,6 +23,7 @@ public enum ClickHouseTestCluster {
     private static func start() -> Result<[String], TestSupportError> {
         let script = PackagePaths.root.appendingPathComponent("scripts/clickhouse-cluster.sh").path
         do {
+            try TestTier.requireServer("a two-replica ClickHouse cluster (Debian's zookeeper and clickhouse-server, started by scripts/clickhouse-cluster.sh)")
             let directory = try PackagePaths.temporaryDirectory("ctr-cluster")
             var failure = ""
             for _ in 0..<3 {
@@ -42,6 +43,8 @@ public enum ClickHouseTestCluster {
                 _ = try? ChildProcess.run(script, ["stop", directory.path])
             }
             return .failure(TestSupportError("cannot start the ClickHouse cluster: \(failure)"))
+        } catch let error as TestSupportError {
+            return .failure(error)
         } catch {
             return .failure(TestSupportError("cannot start the ClickHouse cluster: \(error)"))
         }

@@ -25,6 +25,7 @@ public enum ClickHouseTestServer {
             return .success(url)
         }
         do {
+            try TestTier.requireServer("ClickHouse 18.16 (Debian's clickhouse-server, started by scripts/clickhouse-local.sh)")
             let directory = try PackagePaths.temporaryDirectory("ctr-clickhouse")
             let port = PackagePaths.freePort()
             let script = PackagePaths.root.appendingPathComponent("scripts/clickhouse-local.sh").path
@@ -41,6 +42,8 @@ public enum ClickHouseTestServer {
                 }
             }
             return .success(URL(string: "http://127.0.0.1:\(port)")!)
+        } catch let error as TestSupportError {
+            return .failure(error)
         } catch {
             return .failure(TestSupportError("cannot start ClickHouse: \(error)"))
         }
@@ -62,7 +65,7 @@ public enum ClickHouseTestServer {
     /// Runs `schema-tool migrate` for `endpoint`'s database.
     public static func migrate(_ endpoint: ClickHouseEndpoint) throws {
         let result = try ChildProcess.run(
-            PackagePaths.executable("schema-tool"),
+            PackagePaths.builtExecutable("schema-tool"),
             ["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database,
              "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
         )

@@ -9,8 +9,9 @@ public final class DevBrokerProcess: @unchecked Sendable {
     public init(partitions: Int = 3, topics: String = "impressions,clicks,ctr-dlq", directory: URL) throws {
         let bootstrapFile = directory.appendingPathComponent("bootstrap.txt")
         controlFile = directory.appendingPathComponent("broker-control")
+        try TestTier.requireServer("the Kafka-protocol dev broker (ctr-dev-broker)")
         child = try ChildProcess(
-            PackagePaths.executable("ctr-dev-broker"),
+            PackagePaths.builtExecutable("ctr-dev-broker"),
             ["--partitions", "\(partitions)", "--topics", topics, "--bootstrap-file", bootstrapFile.path, "--control-file", controlFile.path],
             logDirectory: directory, name: "dev-broker"
         )

@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import Synchronization
 
 /// Paths of the package and of its built executables, for tests that run the binaries as a
 /// user would.
@@ -13,6 +15,18 @@ public enum PackagePaths {
     }
 
     public static func executable(_ name: String) -> String { binaries.appendingPathComponent(name).path }
+
+    /// The path of a built executable, or an error saying how to build it.
+    public static func builtExecutable(_ name: String) throws -> String {
+        let path = executable(name)
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw TestSupportError("\(name) is not built (expected at \(path)): run `swift build` first, or set CTR_BIN_DIR")
+        }
+        return path
+    }
+
+    /// A file of `Tests/Fixtures` (the repository carries every file its tests read).
+    public static func fixture(_ name: String) -> URL { root.appendingPathComponent("Tests/Fixtures").appendingPathComponent(name) }
 
     /// A fresh temporary directory.
     public static func temporaryDirectory(_ prefix: String) throws -> URL {
@@ -106,7 +120,11 @@ public final class ChildProcess: @unchecked Sendable {
         if process.isRunning { stop(signal: SIGKILL, timeout: 5) }
     }
 
-    /// Runs a command to completion.
+    /// Runs a command to completion and returns its status and output.
+    ///
+    /// Standard output and standard error are drained concurrently (and `input` is written
+    /// concurrently), so a child that fills one pipe while the other is being read cannot
+    /// deadlock it.
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: Data? = nil) throws -> CommandResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -118,18 +136,37 @@ public final class ChildProcess: @unchecked Sendable {
         process.standardError = err
         let inputPipe = Pipe()
         process.standardInput = input == nil ? FileHandle.nullDevice : inputPipe
-        try process.run()
+        do {
+            try process.run()
+        } catch {
+            throw TestSupportError("cannot run \(executable): \(error)")
+        }
+        let group = DispatchGroup()
+        let stderrData = OutputBuffer()
+        DispatchQueue.global().async(group: group) {
+            let data = err.fileHandleForReading.readDataToEndOfFile()
+            stderrData.data.withLock { $0 = data }
+        }
         if let input {
-            inputPipe.fileHandleForWriting.write(input)
-            try inputPipe.fileHandleForWriting.close()
+            let writer = inputPipe.fileHandleForWriting
+            DispatchQueue.global().async(group: group) {
+                writer.write(input)
+                try? writer.close()
+            }
         }
         let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-        let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
         process.waitUntilExit()
         return CommandResult(
-            status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData, as: UTF8.self)
+            status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+            stderr: String(decoding: stderrData.data.withLock { $0 }, as: UTF8.self)
         )
     }
+}
+
+/// Output collected on another thread.
+private final class OutputBuffer: Sendable {
+    let data = Mutex(Data())
 }
 
 /// Polls `condition` until it holds or `timeout` seconds pass; returns whether it held.
