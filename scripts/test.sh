@@ -11,14 +11,14 @@
 # integration tests: a private ClickHouse 18.16, the dev Kafka broker, a two-replica cluster,
 # current ClickHouse through chdb, and the executables end to end.
 #
-# Integration suites are the ones named *IntegrationTests, ClusterMigrationTests, SlidingCTRViewTests and everything
+# Integration suites are the ones named *IntegrationTests, ClusterMigrationTests and everything
 # in EndToEndTests (Tests/TestSupport/TestTier.swift); the unit tier skips them by name and sets
 # CTR_TEST_TIER=unit, so an integration test that escapes the naming fails at once saying which
 # server it needs instead of starting it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-integration='IntegrationTests|ClusterMigrationTests|SlidingCTRViewTests|EndToEndTests'
+integration='IntegrationTests|ClusterMigrationTests|EndToEndTests'
 
 unit_tier() {
     CTR_TEST_TIER=unit swift test --skip-build --skip "$integration"

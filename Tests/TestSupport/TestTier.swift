@@ -4,13 +4,13 @@ import Foundation
 ///
 /// `scripts/test.sh --unit` runs the unit and property tests only, with no servers, and sets
 /// `CTR_TEST_TIER=unit`. It skips integration suites by name: suites named `…IntegrationTests`,
-/// `ClusterMigrationTests`, `SlidingCTRViewTests` (to be renamed `…IntegrationTests`), and
+/// `ClusterMigrationTests`, and
 /// everything in `EndToEndTests`. An integration test that is not
 /// skipped and asks for a server fails at once with a message naming the server, instead of
 /// starting it.
 public enum TestTier {
     /// The `swift test --skip` pattern of the integration suites (what `scripts/test.sh --unit` skips).
-    public static let integrationSuitesPattern = "IntegrationTests|ClusterMigrationTests|SlidingCTRViewTests|EndToEndTests"
+    public static let integrationSuitesPattern = "IntegrationTests|ClusterMigrationTests|EndToEndTests"
 
     /// Whether only the unit tier runs (`CTR_TEST_TIER=unit`).
     public static var isUnitOnly: Bool { ProcessInfo.processInfo.environment["CTR_TEST_TIER"] == "unit" }

@@ -5,7 +5,7 @@ import Testing
 
 /// `ctr_sliding_ctr` (migration 0009) against a real ClickHouse: sums over the last 1 and 5
 /// minutes of 10-second rows, late updates counted once.
-@Suite struct SlidingCTRViewTests {
+@Suite struct SlidingCTRViewIntegrationTests {
     @Test func slidesEveryTenSecondsOverSumsOfDeltas() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "sliding")
         try ClickHouseTestServer.migrate(endpoint)
