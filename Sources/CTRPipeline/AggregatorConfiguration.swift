@@ -22,7 +22,6 @@ public struct AggregatorConfiguration: Sendable {
     public var clickField: String
     public var deadLetterTopic: String
     public var clickHouse: ClickHouseEndpoint
-    public var table: String
     public var windows: WindowConfiguration
     public var decoder: EventDecoder
     /// Rows that make a batch full.
@@ -62,27 +61,26 @@ public struct AggregatorConfiguration: Sendable {
 
     public init(
         kafka: KafkaConfiguration,
-        groupID: String = "ctr-aggregator",
-        impressionsTopic: String = "impressions",
-        clicksTopic: String = "clicks",
+        groupID: String = Defaults.groupID,
+        impressionsTopic: String = Defaults.impressionsTopic,
+        clicksTopic: String = Defaults.clicksTopic,
         conversionsTopic: String? = nil,
         eventsTopic: String? = nil,
-        clickField: String = "click",
-        deadLetterTopic: String = "ctr-dlq",
+        clickField: String = Defaults.clickField,
+        deadLetterTopic: String = Defaults.deadLetterTopic,
         clickHouse: ClickHouseEndpoint,
-        table: String = "ctr_results_raw",
-        windows: WindowConfiguration = WindowConfiguration(),
-        decoder: EventDecoder = EventDecoder(),
-        batchMaxRows: Int = 50_000,
-        batchMaxDelay: Duration = .milliseconds(250),
-        bufferMaxRows: Int = 500_000,
-        retry: RetryPolicy = RetryPolicy(),
-        commitInterval: Duration = .seconds(1),
-        pollBatchSize: Int = 10_000,
-        statusInterval: Duration = .seconds(10),
+        windows: WindowConfiguration = Defaults.windows,
+        decoder: EventDecoder = Defaults.decoder,
+        batchMaxRows: Int = Defaults.batchMaxRows,
+        batchMaxDelay: Duration = Defaults.batchMaxDelay,
+        bufferMaxRows: Int = Defaults.bufferMaxRows,
+        retry: RetryPolicy = Defaults.retry,
+        commitInterval: Duration = Defaults.commitInterval,
+        pollBatchSize: Int = Defaults.pollBatchSize,
+        statusInterval: Duration = Defaults.statusInterval,
         startFrom: Timestamp? = nil,
         resetOffsets: Bool = false,
-        maxOpenProductWindows: Int = 500_000
+        maxOpenProductWindows: Int = Defaults.maxOpenProductWindows
     ) {
         self.kafka = kafka
         self.groupID = groupID
@@ -93,7 +91,6 @@ public struct AggregatorConfiguration: Sendable {
         self.clickField = clickField
         self.deadLetterTopic = deadLetterTopic
         self.clickHouse = clickHouse
-        self.table = table
         self.windows = windows
         self.decoder = decoder
         self.batchMaxRows = batchMaxRows
@@ -106,5 +103,39 @@ public struct AggregatorConfiguration: Sendable {
         self.startFrom = startFrom
         self.resetOffsets = resetOffsets
         self.maxOpenProductWindows = maxOpenProductWindows
+    }
+}
+
+extension AggregatorConfiguration {
+    /// The default of every setting: the one place each is stated. The initializer and
+    /// `ctr-aggregator` (its help text and its fallbacks) read them from here; window, retry and
+    /// decoder defaults are those of their own types.
+    public enum Defaults {
+        public static let brokers = "localhost:9092"
+        public static let groupID = "ctr-aggregator"
+        public static let impressionsTopic = "impressions"
+        public static let clicksTopic = "clicks"
+        public static let clickField = "click"
+        public static let deadLetterTopic = "ctr-dlq"
+        public static let clickHouseURL = "http://127.0.0.1:8123"
+        public static let database = "default"
+        /// ClickHouse request timeout.
+        public static let requestTimeout: Duration = .seconds(30)
+        public static let windows = WindowConfiguration()
+        public static let decoder = EventDecoder()
+        public static let retry = RetryPolicy()
+        public static let batchMaxRows = 50_000
+        public static let batchMaxDelay: Duration = .milliseconds(250)
+        public static let bufferMaxRows = 500_000
+        public static let maxOpenProductWindows = 500_000
+        public static let commitInterval: Duration = .seconds(1)
+        public static let pollBatchSize = 10_000
+        public static let statusInterval: Duration = .seconds(10)
+        public static let metricsPort = 9464
+        /// The metrics server binds loopback unless told otherwise: its endpoints have no
+        /// authentication.
+        public static let metricsHost = "127.0.0.1"
+        /// `/health` fails after the pipeline loop made no progress for this long.
+        public static let healthStallTimeout: Duration = .seconds(60)
     }
 }

@@ -13,6 +13,8 @@ import MetricsHTTP
 import Prometheus
 import Yams
 
+typealias Defaults = AggregatorConfiguration.Defaults
+
 /// Settings resolve as: command-line flag, then `CTR_*` environment variable, then the YAML
 /// configuration file (keys are the flag names without dashes prefix, e.g. `clickhouse-url`),
 /// then the default.
@@ -36,55 +38,55 @@ struct AggregatorCommand: ParsableCommand {
     )
 
     @Option(help: "YAML configuration file. (env: CTR_CONFIG)") var config: String?
-    @Option(help: "Kafka bootstrap servers. (default: localhost:9092)") var brokers: String?
-    @Option(help: "Consumer group id. (default: ctr-aggregator)") var groupId: String?
-    @Option(help: "Impressions topic. (default: impressions)") var impressionsTopic: String?
-    @Option(help: "Clicks topic. (default: clicks)") var clicksTopic: String?
+    @Option(help: "Kafka bootstrap servers. (default: \(Defaults.brokers))") var brokers: String?
+    @Option(help: "Consumer group id. (default: \(Defaults.groupID))") var groupId: String?
+    @Option(help: "Impressions topic. (default: \(Defaults.impressionsTopic))") var impressionsTopic: String?
+    @Option(help: "Clicks topic. (default: \(Defaults.clicksTopic))") var clicksTopic: String?
     @Option(help: "Conversions (purchases) topic; without it the pipeline runs without conversions. (default: none)") var conversionsTopic: String?
     @Option(help: "Single-topic mode: every message of this topic is an impression, and a click when --click-field is 1. (default: none)")
     var eventsTopic: String?
-    @Option(help: "Click flag field in single-topic mode. (default: click)") var clickField: String?
-    @Option(help: "Dead-letter topic for refused and too-late messages. (default: ctr-dlq)") var dlqTopic: String?
+    @Option(help: "Click flag field in single-topic mode. (default: \(Defaults.clickField))") var clickField: String?
+    @Option(help: "Dead-letter topic for refused and too-late messages. (default: \(Defaults.deadLetterTopic))") var dlqTopic: String?
     @Option(
         help: "Extra librdkafka property KEY=VALUE, e.g. security.protocol=SASL_SSL; repeatable. Not for secrets. (env: CTR_KAFKA_PROPERTIES, one per line)"
     )
     var kafkaProperty: [String] = []
     @Option(help: "File of librdkafka properties, one KEY=VALUE per line (values may contain commas; # comments): the place for secrets.")
     var kafkaPropertiesFile: String?
-    @Option(help: "ClickHouse HTTP(S) URL. (default: http://127.0.0.1:8123)") var clickhouseUrl: String?
-    @Option(help: "ClickHouse database. (default: default)") var database: String?
+    @Option(help: "ClickHouse HTTP(S) URL. (default: \(Defaults.clickHouseURL))") var clickhouseUrl: String?
+    @Option(help: "ClickHouse database. (default: \(Defaults.database))") var database: String?
     @Option(help: "File holding the ClickHouse password.") var clickhousePasswordFile: String?
     @Option(help: "CA certificates (PEM) for HTTPS to ClickHouse.") var clickhouseCaFile: String?
-    @Option(help: "Window size in milliseconds, whole seconds. (default: 10000)") var windowSizeMs: Int64?
-    @Option(help: "Bounded out-of-orderness in milliseconds. (default: 2000)") var outOfOrdernessMs: Int64?
-    @Option(help: "Allowed lateness in milliseconds. (default: 5000)") var allowedLatenessMs: Int64?
-    @Option(help: "Processing time after which a silent partition stops holding the watermark, ms. (default: 30000)") var idleTimeoutMs: Int64?
-    @Option(help: "When every partition has been idle this long (processing time), the open windows fire; e.g. 60s, 1500ms, 2m; 0 disables. (default: 60s)")
+    @Option(help: "Window size in milliseconds, whole seconds. (default: \(Defaults.windows.windowSize.value))") var windowSizeMs: Int64?
+    @Option(help: "Bounded out-of-orderness in milliseconds. (default: \(Defaults.windows.outOfOrderness.value))") var outOfOrdernessMs: Int64?
+    @Option(help: "Allowed lateness in milliseconds. (default: \(Defaults.windows.allowedLateness.value))") var allowedLatenessMs: Int64?
+    @Option(help: "Processing time after which a silent partition stops holding the watermark, ms. (default: \(Defaults.windows.idleTimeout.value))") var idleTimeoutMs: Int64?
+    @Option(help: "When every partition has been idle this long (processing time), the open windows fire; e.g. 60s, 1500ms, 2m; 0 disables. (default: \(Defaults.windows.closeIdleAfter.map { "\($0.value)ms" } ?? "0"))")
     var closeIdleAfter: String?
     @Option(help: "A new consumer group starts every partition at its first message at or after this time (ISO-8601, e.g. 2026-11-30T00:00:00Z, or epoch ms); a group with committed offsets resumes there. (default: earliest)")
     var startFrom: String?
     @Option(help: "With --start-from: start every partition there even when the group has committed offsets (true/false). (default: false)")
     var resetOffsets: Bool?
-    @Option(help: "Largest accepted message value in bytes. (default: 65536)") var maxMessageBytes: Int?
-    @Option(help: "Earliest accepted event time, epoch ms. (default: 946684800000 = 2000-01-01)") var minTimestampMs: Int64?
-    @Option(help: "Latest accepted event time, epoch ms. (default: 4102444800000 = 2100-01-01)") var maxTimestampMs: Int64?
-    @Option(help: "How far an event time may be ahead of processing time before it is refused as timestamp_in_future, ms. (default: 300000)")
+    @Option(help: "Largest accepted message value in bytes. (default: \(Defaults.decoder.maximumMessageBytes))") var maxMessageBytes: Int?
+    @Option(help: "Earliest accepted event time, epoch ms. (default: \(EventDecoder.defaultTimestampRange.lowerBound) = 2000-01-01)") var minTimestampMs: Int64?
+    @Option(help: "Latest accepted event time, epoch ms. (default: \(EventDecoder.defaultTimestampRange.upperBound) = 2100-01-01)") var maxTimestampMs: Int64?
+    @Option(help: "How far an event time may be ahead of processing time before it is refused as timestamp_in_future, ms. (default: \(EventDecoder.defaultMaximumFuture.value))")
     var maxFutureMs: Int64?
-    @Option(help: "Rows per insert batch. (default: 50000)") var batchMaxRows: Int?
-    @Option(help: "Longest wait before a batch is sent, ms. (default: 250)") var batchMaxDelayMs: Int?
-    @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: 500000)") var bufferMaxRows: Int?
-    @Option(help: "Open (product, window) pairs above which consuming pauses until windows close. (default: 500000)")
+    @Option(help: "Rows per insert batch, at most; a batch is one block. (default: \(Defaults.batchMaxRows))") var batchMaxRows: Int?
+    @Option(help: "Longest wait before a batch is sent, ms. (default: \(Defaults.batchMaxDelay.milliseconds))") var batchMaxDelayMs: Int?
+    @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: \(Defaults.bufferMaxRows))") var bufferMaxRows: Int?
+    @Option(help: "Open (product, window) pairs above which consuming pauses until windows close. (default: \(Defaults.maxOpenProductWindows))")
     var maxOpenProductWindows: Int?
-    @Option(help: "First retry delay, ms. (default: 100)") var retryInitialMs: Int?
-    @Option(help: "Backoff multiplier. (default: 2)") var retryMultiplier: Double?
-    @Option(help: "Longest retry delay, ms. (default: 10000)") var retryMaxMs: Int?
+    @Option(help: "First retry delay, ms. (default: \(Defaults.retry.initialDelay.milliseconds))") var retryInitialMs: Int?
+    @Option(help: "Backoff multiplier. (default: \(Defaults.retry.multiplier))") var retryMultiplier: Double?
+    @Option(help: "Longest retry delay, ms. (default: \(Defaults.retry.maximumDelay.milliseconds))") var retryMaxMs: Int?
     @Option(help: "Attempts before giving up, 0 = retry forever. (default: 0)") var retryMaxAttempts: Int?
-    @Option(help: "ClickHouse request timeout, ms. (default: 30000)") var requestTimeoutMs: Int?
-    @Option(help: "Offset commit interval, ms. (default: 1000)") var commitIntervalMs: Int?
-    @Option(help: "Port for /metrics, /health and /ready; 0 disables. (default: 9464)") var metricsPort: Int?
-    @Option(help: "Address the metrics server binds; 0.0.0.0 (or ::) exposes it on every interface, as a container needs. (default: 127.0.0.1)")
+    @Option(help: "ClickHouse request timeout, ms. (default: \(Defaults.requestTimeout.milliseconds))") var requestTimeoutMs: Int?
+    @Option(help: "Offset commit interval, ms. (default: \(Defaults.commitInterval.milliseconds))") var commitIntervalMs: Int?
+    @Option(help: "Port for /metrics, /health and /ready; 0 disables. (default: \(Defaults.metricsPort))") var metricsPort: Int?
+    @Option(help: "Address the metrics server binds; 0.0.0.0 (or ::) exposes it on every interface, as a container needs. (default: \(Defaults.metricsHost))")
     var metricsHost: String?
-    @Option(help: "/health answers 503 when the pipeline loop has made no progress for this long; e.g. 60s, 1500ms, 2m. (default: 60s)")
+    @Option(help: "/health answers 503 when the pipeline loop has made no progress for this long; e.g. 60s, 1500ms, 2m. (default: \(Defaults.healthStallTimeout.milliseconds)ms)")
     var healthStallTimeout: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error. (default: info)") var logLevel: String?
     @Option(help: "Log format: text or json. (default: text)") var logFormat: String?
@@ -93,10 +95,10 @@ struct AggregatorCommand: ParsableCommand {
         var settings = try Settings(configFile: config ?? ProcessInfo.processInfo.environment["CTR_CONFIG"])
         let logger = makeLogger(format: settings.string("log-format", logFormat, default: "text"), level: settings.string("log-level", logLevel, default: "info"))
         let kafka = try kafkaConfiguration(&settings, logger: logger)
-        let timeout = Duration.milliseconds(try settings.int("request-timeout-ms", requestTimeoutMs, default: 30_000))
+        let timeout = Duration.milliseconds(try settings.int("request-timeout-ms", requestTimeoutMs, default: Int(Defaults.requestTimeout.milliseconds)))
         let endpoint = ClickHouseEndpoint(
-            url: settings.string("clickhouse-url", clickhouseUrl, default: "http://127.0.0.1:8123"),
-            database: settings.string("database", database, default: "default"),
+            url: settings.string("clickhouse-url", clickhouseUrl, default: Defaults.clickHouseURL),
+            database: settings.string("database", database, default: Defaults.database),
             credentials: try ClickHouseCredentials.fromEnvironment(passwordFile: settings.optional("clickhouse-password-file", clickhousePasswordFile)),
             caFile: settings.optional("clickhouse-ca-file", clickhouseCaFile),
             requestTimeout: timeout
@@ -104,48 +106,48 @@ struct AggregatorCommand: ParsableCommand {
         let maxAttempts = try settings.int("retry-max-attempts", retryMaxAttempts, default: 0)
         let configuration = AggregatorConfiguration(
             kafka: kafka,
-            groupID: settings.string("group-id", groupId, default: "ctr-aggregator"),
-            impressionsTopic: settings.string("impressions-topic", impressionsTopic, default: "impressions"),
-            clicksTopic: settings.string("clicks-topic", clicksTopic, default: "clicks"),
+            groupID: settings.string("group-id", groupId, default: Defaults.groupID),
+            impressionsTopic: settings.string("impressions-topic", impressionsTopic, default: Defaults.impressionsTopic),
+            clicksTopic: settings.string("clicks-topic", clicksTopic, default: Defaults.clicksTopic),
             conversionsTopic: settings.optional("conversions-topic", conversionsTopic),
             eventsTopic: settings.optional("events-topic", eventsTopic),
-            clickField: settings.string("click-field", clickField, default: "click"),
-            deadLetterTopic: settings.string("dlq-topic", dlqTopic, default: "ctr-dlq"),
+            clickField: settings.string("click-field", clickField, default: Defaults.clickField),
+            deadLetterTopic: settings.string("dlq-topic", dlqTopic, default: Defaults.deadLetterTopic),
             clickHouse: endpoint,
             windows: WindowConfiguration(
-                windowSize: Milliseconds(try settings.int64("window-size-ms", windowSizeMs, default: 10_000)),
-                outOfOrderness: Milliseconds(try settings.int64("out-of-orderness-ms", outOfOrdernessMs, default: 2_000)),
-                allowedLateness: Milliseconds(try settings.int64("allowed-lateness-ms", allowedLatenessMs, default: 5_000)),
-                idleTimeout: Milliseconds(try settings.int64("idle-timeout-ms", idleTimeoutMs, default: 30_000)),
-                closeIdleAfter: try durationMilliseconds("close-idle-after", settings.string("close-idle-after", closeIdleAfter, default: "60s"))
+                windowSize: Milliseconds(try settings.int64("window-size-ms", windowSizeMs, default: Defaults.windows.windowSize.value)),
+                outOfOrderness: Milliseconds(try settings.int64("out-of-orderness-ms", outOfOrdernessMs, default: Defaults.windows.outOfOrderness.value)),
+                allowedLateness: Milliseconds(try settings.int64("allowed-lateness-ms", allowedLatenessMs, default: Defaults.windows.allowedLateness.value)),
+                idleTimeout: Milliseconds(try settings.int64("idle-timeout-ms", idleTimeoutMs, default: Defaults.windows.idleTimeout.value)),
+                closeIdleAfter: try durationMilliseconds("close-idle-after", settings.string("close-idle-after", closeIdleAfter, default: "\(Defaults.windows.closeIdleAfter?.value ?? 0)ms"))
                     .flatMap { $0 > 0 ? Milliseconds($0) : nil }
             ),
             decoder: EventDecoder(
-                maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: 65_536),
+                maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: Defaults.decoder.maximumMessageBytes),
                 timestampRange: try settings.int64("min-timestamp-ms", minTimestampMs, default: EventDecoder.defaultTimestampRange.lowerBound)
                     ... settings.int64("max-timestamp-ms", maxTimestampMs, default: EventDecoder.defaultTimestampRange.upperBound),
                 maximumFuture: Milliseconds(try settings.int64("max-future-ms", maxFutureMs, default: EventDecoder.defaultMaximumFuture.value))
             ),
-            batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: 50_000),
-            batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: 250)),
-            bufferMaxRows: try settings.int("buffer-max-rows", bufferMaxRows, default: 500_000),
+            batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: Defaults.batchMaxRows),
+            batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: Int(Defaults.batchMaxDelay.milliseconds))),
+            bufferMaxRows: try settings.int("buffer-max-rows", bufferMaxRows, default: Defaults.bufferMaxRows),
             retry: RetryPolicy(
-                initialDelay: .milliseconds(try settings.int("retry-initial-ms", retryInitialMs, default: 100)),
-                multiplier: try settings.double("retry-multiplier", retryMultiplier, default: 2),
-                maximumDelay: .milliseconds(try settings.int("retry-max-ms", retryMaxMs, default: 10_000)),
+                initialDelay: .milliseconds(try settings.int("retry-initial-ms", retryInitialMs, default: Int(Defaults.retry.initialDelay.milliseconds))),
+                multiplier: try settings.double("retry-multiplier", retryMultiplier, default: Defaults.retry.multiplier),
+                maximumDelay: .milliseconds(try settings.int("retry-max-ms", retryMaxMs, default: Int(Defaults.retry.maximumDelay.milliseconds))),
                 maximumAttempts: maxAttempts > 0 ? maxAttempts : nil
             ),
-            commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: 1_000)),
+            commitInterval: .milliseconds(try settings.int("commit-interval-ms", commitIntervalMs, default: Int(Defaults.commitInterval.milliseconds))),
             startFrom: try settings.optional("start-from", startFrom).map { try timestamp("start-from", $0) },
             resetOffsets: try settings.bool("reset-offsets", resetOffsets, default: false),
-            maxOpenProductWindows: try settings.int("max-open-product-windows", maxOpenProductWindows, default: 500_000)
+            maxOpenProductWindows: try settings.int("max-open-product-windows", maxOpenProductWindows, default: Defaults.maxOpenProductWindows)
         )
         if configuration.resetOffsets && configuration.startFrom == nil {
             throw ValidationError("--reset-offsets needs --start-from: it says where every partition starts")
         }
-        let port = try settings.int("metrics-port", metricsPort, default: 9464)
-        let host = settings.string("metrics-host", metricsHost, default: "127.0.0.1")
-        guard let stallMilliseconds = try durationMilliseconds("health-stall-timeout", settings.string("health-stall-timeout", healthStallTimeout, default: "60s")),
+        let port = try settings.int("metrics-port", metricsPort, default: Defaults.metricsPort)
+        let host = settings.string("metrics-host", metricsHost, default: Defaults.metricsHost)
+        guard let stallMilliseconds = try durationMilliseconds("health-stall-timeout", settings.string("health-stall-timeout", healthStallTimeout, default: "\(Defaults.healthStallTimeout.milliseconds)ms")),
             stallMilliseconds > 0
         else { throw ValidationError("--health-stall-timeout must be positive") }
         let stallTimeout = Duration.milliseconds(stallMilliseconds)
@@ -208,7 +210,7 @@ struct AggregatorCommand: ParsableCommand {
     /// `kafka-properties` list, the properties file, `CTR_KAFKA_PROPERTY_<NAME>` and
     /// `--kafka-property`; checked for the consumer.
     private func kafkaConfiguration(_ settings: inout Settings, logger: Logger) throws -> KafkaConfiguration {
-        var kafka = KafkaConfiguration(["bootstrap.servers": settings.string("brokers", brokers, default: "localhost:9092")])
+        var kafka = KafkaConfiguration(["bootstrap.servers": settings.string("brokers", brokers, default: Defaults.brokers)])
         do {
             for item in settings.list("kafka-properties") {
                 let (key, value) = try KafkaConfiguration.parseProperty(item)
