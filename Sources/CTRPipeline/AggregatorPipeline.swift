@@ -292,10 +292,16 @@ public final class AggregatorPipeline: Sendable {
                 perform(machine.restored(rows, now: WallClock.now()))
             case .resume(let partitions):
                 consumer.resume(partitions)
-                if machine.counters.paused == false, !partitions.isEmpty { logger.debug("consuming", metadata: ["partitions": "\(partitions.count)"]) }
+                if machine.phase == .running { logger.info("resumed consuming", metadata: ["partitions": "\(partitions.count)"]) }
             case .pause(let partitions):
                 consumer.pause(partitions)
-                logger.warning("paused consuming", metadata: ["buffered_rows": "\(sink.bufferedRows)"])
+                logger.warning(
+                    "paused consuming",
+                    metadata: [
+                        "partitions": "\(partitions.count)", "buffered_rows": "\(sink.bufferedRows)",
+                        "open_product_windows": "\(machine.counters.openProductWindows)",
+                    ]
+                )
             case .submit(let batch):
                 sink.submit(batch)
             case .cancelBatches(let generation):

@@ -18,6 +18,8 @@ public struct PipelineCounters: Sendable {
     public var revisionsEmitted = 0
     public var commits = 0
     public var openWindows = 0
+    /// Open (product, window) pairs: the size of the window state.
+    public var openProductWindows = 0
     public var watermarkMilliseconds: Int64?
     public var wallClockMilliseconds: Int64 = 0
     public var bufferedRows = 0

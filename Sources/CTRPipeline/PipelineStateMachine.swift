@@ -155,7 +155,10 @@ public struct PipelineStateMachine: Sendable {
     private var pendingCommitted: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
     /// The first batch sequence of the current assignment: lower ones belong to earlier ones.
     private var assignmentFirstSequence: UInt64 = 0
+    /// Every partition is paused for backpressure (ClickHouse behind, dead-letter topic full).
     private var paused = false
+    /// Partitions paused because the window state is at its bound and they are ahead.
+    private var pausedAhead: Set<SourcePartition> = []
     private var bufferedRows = 0
     /// Counters published as metrics after every poll.
     public private(set) var counters = PipelineCounters()
@@ -307,6 +310,7 @@ public struct PipelineStateMachine: Sendable {
         self.assignment = nil
         openBatch = nil
         paused = false
+        pausedAhead = []
         commitInFlight = false
         if phase != .failed { phase = .unassigned }
         catalog = ProductCatalog()
@@ -437,10 +441,11 @@ public struct PipelineStateMachine: Sendable {
         }
         applyBackpressure(deadLettersFull: observation.deadLettersFull, into: &actions)
         counters.openWindows = assignment!.windows.openWindowCount
+        counters.openProductWindows = assignment!.windows.openProductWindowCount
         counters.watermarkMilliseconds = assignment!.windows.watermark?.milliseconds
         counters.wallClockMilliseconds = now.milliseconds
         counters.bufferedRows = bufferedRows + (openBatch?.rowCount ?? 0)
-        counters.paused = paused
+        counters.paused = paused || !pausedAhead.isEmpty
         return actions
     }
 
@@ -547,19 +552,46 @@ public struct PipelineStateMachine: Sendable {
         pendingCommit = [:]
     }
 
-    /// Pauses consumption while ClickHouse is behind (`--buffer-max-rows`), while the window
-    /// state is at its bound (`--max-open-product-windows`), each resuming below half, or while
-    /// the dead-letter topic cannot take more.
+    /// Pauses consumption of every partition while ClickHouse is behind (`--buffer-max-rows`,
+    /// resuming below half) or the dead-letter topic cannot take more.
+    ///
+    /// While the window state is at its bound (`--max-open-product-windows`), it pauses only the
+    /// partitions more than a window ahead of the pipeline watermark (or all partitions with data
+    /// while the watermark is undefined), so that the partitions holding the watermark back catch
+    /// up (or go idle) and windows close; a partition resumes when it is no longer ahead or the
+    /// state is below half. The partitions that hold the watermark are never paused for it, so
+    /// the windows can always close (a single window with more products than the bound is kept
+    /// whole).
     private mutating func applyBackpressure(deadLettersFull: Bool, into actions: inout [Action]) {
         guard let assignment else { return }
         let buffered = bufferedRows + (openBatch?.rowCount ?? 0)
-        let open = assignment.windows.openProductWindowCount
-        if !paused && (buffered >= configuration.bufferMaxRows || open >= configuration.maxOpenProductWindows || deadLettersFull) {
+        if !paused && (buffered >= configuration.bufferMaxRows || deadLettersFull) {
             paused = true
             actions.append(.pause(assignment.partitions))
-        } else if paused && buffered < configuration.bufferMaxRows / 2 && open < configuration.maxOpenProductWindows / 2 && !deadLettersFull {
+        } else if paused && buffered < configuration.bufferMaxRows / 2 && !deadLettersFull {
             paused = false
-            actions.append(.resume(assignment.partitions))
+            let resumed = assignment.partitions.indices.filter { !pausedAhead.contains($0) }.map { assignment.partitions[$0] }
+            if !resumed.isEmpty { actions.append(.resume(resumed)) }
+        }
+        let open = assignment.windows.openProductWindowCount
+        var ahead: Set<SourcePartition> = []
+        if open >= configuration.maxOpenProductWindows || (!pausedAhead.isEmpty && open >= configuration.maxOpenProductWindows / 2) {
+            let watermark = assignment.windows.watermark?.milliseconds
+            let lead = configuration.windows.outOfOrderness.value + configuration.windows.windowSize.value
+            ahead = Set(
+                assignment.partitions.indices.filter { index in
+                    guard let latest = assignment.windows.watermarks.maxEventTime(of: index)?.milliseconds else { return false }
+                    return watermark.map { latest - lead > $0 } ?? true
+                }
+            )
+            if open < configuration.maxOpenProductWindows { ahead.formIntersection(pausedAhead) }
+        }
+        let newlyPaused = ahead.subtracting(pausedAhead).sorted()
+        let resumed = pausedAhead.subtracting(ahead).sorted()
+        pausedAhead = ahead
+        if !paused {
+            if !newlyPaused.isEmpty { actions.append(.pause(newlyPaused.map { assignment.partitions[$0] })) }
+            if !resumed.isEmpty { actions.append(.resume(resumed.map { assignment.partitions[$0] })) }
         }
     }
 
