@@ -9,7 +9,29 @@ public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
 
     @inlinable
     public static func == (lhs: ProductKey, rhs: ProductKey) -> Bool {
-        lhs.name.utf8.elementsEqual(rhs.name.utf8)
+        var left = lhs.name
+        var right = rhs.name
+        return left.withUTF8 { a in right.withUTF8 { b in bytesEqual(a, b) } }
+    }
+
+    /// Byte equality, eight bytes at a time.
+    @inlinable
+    static func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        let left = UnsafeRawBufferPointer(a)
+        let right = UnsafeRawBufferPointer(b)
+        var index = 0
+        while index + 8 <= left.count {
+            if left.loadUnaligned(fromByteOffset: index, as: UInt64.self) != right.loadUnaligned(fromByteOffset: index, as: UInt64.self) {
+                return false
+            }
+            index += 8
+        }
+        while index < left.count {
+            if left[index] != right[index] { return false }
+            index += 1
+        }
+        return true
     }
 
     @inlinable
