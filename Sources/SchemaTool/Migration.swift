@@ -17,6 +17,10 @@ public struct Migration: Sendable, Hashable {
     public var statements: [SQLStatement]
     /// The statements as written in the file, before templating.
     public var template: [SQLStatement]
+
+    /// SHA-256 of each statement as written (before templating), recorded in the ledger so that
+    /// a half-applied migration resumes only if the statements it already ran are unchanged.
+    public var statementChecksums: [String] { template.map { SHA256.hex(Array($0.text.utf8)) } }
 }
 
 /// Reads, validates and templates the migrations directory.
@@ -101,9 +105,14 @@ public struct MigrationSet: Sendable {
             do {
                 text = try Template.render(statement.text, variables: variables)
             } catch {
-                throw MigrationError(
-                    "\(path):\(statement.line + error.lineOffset): undefined variable ${\(error.name)}; pass --var \(error.name)=VALUE or set SCHEMA_VAR_\(error.name)"
-                )
+                switch error.problem {
+                case .undefined:
+                    throw MigrationError(
+                        "\(path):\(statement.line + error.lineOffset): undefined variable ${\(error.name)}; pass --var \(error.name)=VALUE or set SCHEMA_VAR_\(error.name)"
+                    )
+                case .invalidValue(let expected):
+                    throw MigrationError("\(path):\(statement.line + error.lineOffset): ${\(error.name)} must be \(expected)")
+                }
             }
             if let cluster { text = ClusterRewriter.rewrite(text, for: cluster, database: variables["DATABASE"] ?? "default") }
             rendered.append(SQLStatement(text: text, line: statement.line))
@@ -114,40 +123,70 @@ public struct MigrationSet: Sendable {
 
 /// `${NAME}` substitution; `${NAME:-default}` uses `default` when `NAME` is undefined.
 /// Comments are left as they are (a `${NAME}` in a comment is documentation, not a use).
+///
+/// Values are never spliced into SQL unchecked: inside a string literal or quoted identifier a
+/// value is escaped for it; elsewhere it must be a number or a plain identifier
+/// (`[A-Za-z_][A-Za-z0-9_]*`), and a variable whose default is a number must be a number.
 public enum Template {
-    public struct UndefinedVariable: Error, Sendable {
+    public struct Failure: Error, Sendable {
+        public enum Problem: Sendable, Equatable {
+            case undefined
+            /// The value cannot stand where the variable is; the text says what it must be.
+            case invalidValue(String)
+        }
+
         public var name: String
         /// Lines between the statement's first line and the variable.
         public var lineOffset: Int
+        public var problem: Problem
     }
 
-    public static func render(_ text: String, variables: [String: String]) throws(UndefinedVariable) -> String {
+    public static func render(_ text: String, variables: [String: String]) throws(Failure) -> String {
         var result = ""
         var code = ""
         var lines = 0
-        func flush() throws(UndefinedVariable) {
+        func flush() throws(Failure) {
             do {
-                result += try renderCode(code, variables: variables)
+                result += try renderCode(code, variables: variables, quote: nil)
             } catch {
-                throw UndefinedVariable(name: error.name, lineOffset: lines + error.lineOffset)
+                throw Failure(name: error.name, lineOffset: lines + error.lineOffset, problem: error.problem)
             }
             lines += code.filter { $0 == "\n" }.count
             code = ""
         }
         for token in SQLLexer.tokens(text) {
-            if token.isComment {
+            switch token.kind {
+            case .trivia where token.isComment:
                 try flush()
                 result += token.text
-                lines += token.text.filter { $0 == "\n" }.count
-            } else {
+            case .string, .quotedIdentifier:
+                try flush()
+                do {
+                    result += try renderCode(token.text, variables: variables, quote: token.text.unicodeScalars.first)
+                } catch {
+                    throw Failure(name: error.name, lineOffset: lines + error.lineOffset, problem: error.problem)
+                }
+            default:
                 code += token.text
+                continue
             }
+            lines += token.text.filter { $0 == "\n" }.count
         }
         try flush()
         return result
     }
 
-    private static func renderCode(_ text: String, variables: [String: String]) throws(UndefinedVariable) -> String {
+    static func isNumber(_ text: String) -> Bool {
+        text.range(of: #"^[+-]?[0-9]+(\.[0-9]+)?$"#, options: .regularExpression) != nil
+    }
+
+    static func isIdentifier(_ text: String) -> Bool {
+        text.range(of: #"^[A-Za-z_][A-Za-z0-9_]*$"#, options: .regularExpression) != nil
+    }
+
+    /// Substitutes the variables of `text`; `quote` is the quote character when `text` is a
+    /// quoted token (values are then escaped for it), `nil` for SQL code.
+    private static func renderCode(_ text: String, variables: [String: String], quote: Unicode.Scalar?) throws(Failure) -> String {
         var result = ""
         var rest = Substring(text)
         while let open = rest.range(of: "${") {
@@ -161,11 +200,24 @@ public enum Template {
             let parts = expression.components(separatedBy: ":-")
             let name = parts[0]
             let fallback = parts.count > 1 ? parts.dropFirst().joined(separator: ":-") : nil
+            let offset = text[..<open.lowerBound].filter { $0 == "\n" }.count
             guard let value = variables[name] ?? fallback else {
-                let offset = text[..<open.lowerBound].filter { $0 == "\n" }.count
-                throw UndefinedVariable(name: name, lineOffset: offset)
+                throw Failure(name: name, lineOffset: offset, problem: .undefined)
             }
-            result += value
+            if let fallback, isNumber(fallback), !isNumber(value) {
+                throw Failure(name: name, lineOffset: offset, problem: .invalidValue("a number (its default is \(fallback)), got '\(value)'"))
+            }
+            if let quote {
+                result += value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: String(quote), with: "\\" + String(quote))
+            } else {
+                guard isNumber(value) || isIdentifier(value) else {
+                    throw Failure(
+                        name: name, lineOffset: offset,
+                        problem: .invalidValue("a number or a plain identifier ([A-Za-z_][A-Za-z0-9_]*) where it is used outside quotes, got '\(value)'")
+                    )
+                }
+                result += value
+            }
             rest = rest[rest.index(after: close)...]
         }
         result += rest

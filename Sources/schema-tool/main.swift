@@ -11,6 +11,8 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "File holding the ClickHouse password (otherwise CLICKHOUSE_USER / CLICKHOUSE_PASSWORD).") var passwordFile: String?
     @Option(help: "CA certificates (PEM) for HTTPS.") var caFile: String?
     @Option(name: .customLong("var"), help: "Template variable NAME=VALUE for ${NAME}; repeatable. Also from SCHEMA_VAR_NAME.") var variables: [String] = []
+    @Option(help: "Seconds one request may take. A data statement that outlasts it is not sent again: schema-tool waits for the server to finish it and reads its outcome from system.query_log.")
+    var requestTimeout = 300
     @OptionGroup var clusterOptions: ClusterOptions
 
     func variableValues() throws -> [String: String] {
@@ -39,7 +41,7 @@ struct ConnectionOptions: ParsableArguments {
         let url = clickhouseUrl ?? ProcessInfo.processInfo.environment["CLICKHOUSE_URL"] ?? "http://127.0.0.1:8123"
         let credentials = try ClickHouseCredentials.fromEnvironment(passwordFile: passwordFile)
         return try ClickHouseConnection(
-            endpoint: ClickHouseEndpoint(url: url, database: database, credentials: credentials, caFile: caFile, requestTimeout: .seconds(300))
+            endpoint: ClickHouseEndpoint(url: url, database: database, credentials: credentials, caFile: caFile, requestTimeout: .seconds(requestTimeout))
         )
     }
 }
@@ -89,19 +91,29 @@ struct SchemaToolCommand: ParsableCommand {
     )
 }
 
+/// The migration lock's options, for every command that writes the ledger.
+struct LockOptions: ParsableArguments {
+    @Option(help: "Seconds to wait for another schema-tool holding the lock.") var lockTimeout = 300
+    @Option(help: "Seconds a dead lock holder blocks others (the holder renews its lease every quarter of it).") var lockLease = 120
+}
+
 struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Apply pending migrations in order (resuming a half-applied one).")
     @OptionGroup var options: ConnectionOptions
     @Option(help: "Apply up to this version only.") var to: Int?
-    @Option(help: "Seconds to wait for another migrate holding the lock.") var lockTimeout = 300
-    @Option(help: "Seconds a dead lock holder blocks others (the holder renews its lease every quarter of it).") var lockLease = 120
+    @OptionGroup var lock: LockOptions
     @Flag(help: "Skip the dry run in a scratch database (for migrations that use objects no migration creates).") var skipDryRun = false
+    @Option(help: "Seconds a cut-over bound must still be ahead of the server's clock once the views reading it exist (the clock skew allowed between aggregators and ClickHouse); otherwise the cut-over runs again with a new bound.")
+    var cutoverMargin = 1
 
     func run() throws {
         try reportingFailures {
             let migrator = Migrator(connection: try options.connect(), migrations: try options.loadMigrations())
+            migrator.cutoverMargin = .seconds(cutoverMargin)
             let started = ContinuousClock.now
-            let applied = try migrator.migrate(to: to, lockTimeout: .seconds(lockTimeout), lockLease: .seconds(lockLease), dryRun: !skipDryRun)
+            let applied = try migrator.migrate(
+                to: to, lockTimeout: .seconds(lock.lockTimeout), lockLease: .seconds(lock.lockLease), dryRun: !skipDryRun
+            )
             let elapsed = ContinuousClock.now - started
             if applied.isEmpty {
                 print("database \(options.database) is up to date; nothing to apply")
@@ -158,11 +170,18 @@ struct Plan: ParsableCommand {
 }
 
 struct Verify: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Check that the live schema matches the applied migrations (exit 2 on differences).")
+    static let configuration = CommandConfiguration(
+        abstract: "Check that the live schema matches the applied migrations, and with --data that the derived tables and views equal what their views compute from ctr_results_raw (exit 2 on differences)."
+    )
     @OptionGroup var options: ConnectionOptions
+    @Flag(help: "Also compare the data of every object derived from ctr_results_raw with what the applied migrations' views compute from its settled rows.")
+    var data = false
+    @Option(help: "With --data: seconds after its end that a window may still receive rows; only windows that ended earlier are compared.")
+    var settle = 300
 
     func run() throws {
         var problems: [String] = []
+        var dataProblems: [String] = []
         try reportingFailures {
             let migrations = try options.loadMigrations()
             let connection = try options.connect()
@@ -172,13 +191,26 @@ struct Verify: ParsableCommand {
             for (version, entry) in ledger.sorted(by: { $0.key < $1.key }) where !entry.isComplete {
                 problems.append("migration \(version) (\(entry.name)) is \(entry.state.rawValue) at statement \(entry.statementsDone + 1)")
             }
+            if data {
+                var verifier = DataVerifier(connection: connection, migrations: migrations)
+                verifier.settle = .seconds(settle)
+                let report = try verifier.compare(through: applied)
+                dataProblems = report.differences
+                if dataProblems.isEmpty {
+                    let rows = report.compared.reduce(0) { $0 + $1.rows }
+                    print(
+                        "data matches: \(report.compared.count) derived object(s) (\(report.compared.map(\.object).joined(separator: ", "))), \(rows) settled row(s), windows ending before \(report.cutoff) UTC"
+                    )
+                }
+            }
         }
         if problems.isEmpty {
             print("schema matches the applied migrations")
         } else {
             problems.forEach { print("difference: \($0)") }
-            throw ExitCode(2)
         }
+        dataProblems.forEach { print("data difference: \($0)") }
+        if !problems.isEmpty || !dataProblems.isEmpty { throw ExitCode(2) }
     }
 }
 
@@ -211,7 +243,8 @@ struct Repair: ParsableCommand {
         abstract: "Resolve a half-applied or edited migration.",
         discussion: """
             --accept-checksum V: record the edited file of applied migration V as the applied one.
-            --skip-statement V: mark the failed statement of V as done (you applied it by hand).
+            --skip-statement V: mark the failed statement of V as done (you applied it by hand, or it did run).
+            --retry-statement V: mark the statement of V whose outcome is unknown as not run (it wrote nothing, or you removed what it wrote).
             --mark-applied V: mark V applied (you applied its remaining statements by hand).
             --reset V: forget V's progress so that migrate runs it from its first statement.
             """
@@ -219,17 +252,22 @@ struct Repair: ParsableCommand {
     @OptionGroup var options: ConnectionOptions
     @Option var acceptChecksum: Int?
     @Option var skipStatement: Int?
+    @Option var retryStatement: Int?
     @Option var markApplied: Int?
     @Option var reset: Int?
+    @OptionGroup var lock: LockOptions
 
     func run() throws {
         let choices: [Migrator.Repair] = [
-            acceptChecksum.map { .acceptChecksum($0) }, skipStatement.map { .skipStatement($0) }, markApplied.map { .markApplied($0) },
-            reset.map { .reset($0) },
+            acceptChecksum.map { .acceptChecksum($0) }, skipStatement.map { .skipStatement($0) }, retryStatement.map { .retryStatement($0) },
+            markApplied.map { .markApplied($0) }, reset.map { .reset($0) },
         ].compactMap { $0 }
-        guard choices.count == 1 else { throw ValidationError("give exactly one of --accept-checksum, --skip-statement, --mark-applied, --reset") }
+        guard choices.count == 1 else {
+            throw ValidationError("give exactly one of --accept-checksum, --skip-statement, --retry-statement, --mark-applied, --reset")
+        }
         try reportingFailures {
-            try Migrator(connection: try options.connect(), migrations: try options.loadMigrations()).repair(choices[0])
+            try Migrator(connection: try options.connect(), migrations: try options.loadMigrations())
+                .repair(choices[0], lockTimeout: .seconds(lock.lockTimeout), lockLease: .seconds(lock.lockLease))
             print("repaired")
         }
     }
@@ -239,10 +277,12 @@ struct Baseline: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Mark migrations up to VERSION applied without running them (adopt an existing database).")
     @OptionGroup var options: ConnectionOptions
     @Argument var version: Int
+    @OptionGroup var lock: LockOptions
 
     func run() throws {
         try reportingFailures {
-            try Migrator(connection: try options.connect(), migrations: try options.loadMigrations()).baseline(version)
+            try Migrator(connection: try options.connect(), migrations: try options.loadMigrations())
+                .baseline(version, lockTimeout: .seconds(lock.lockTimeout), lockLease: .seconds(lock.lockLease))
             print("baselined \(options.database) at version \(version)")
         }
     }

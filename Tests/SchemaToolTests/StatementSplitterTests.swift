@@ -39,8 +39,33 @@ import Testing
 
     @Test func templatesVariablesAndRefusesUndefinedOnes() throws {
         #expect(try Template.render("CREATE TABLE ${DATABASE}.t ON CLUSTER ${CLUSTER}", variables: ["DATABASE": "d", "CLUSTER": "c"]) == "CREATE TABLE d.t ON CLUSTER c")
-        #expect(throws: Template.UndefinedVariable.self) { try Template.render("SELECT ${NOPE}", variables: [:]) }
+        #expect(throws: Template.Failure.self) { try Template.render("SELECT ${NOPE}", variables: [:]) }
         #expect(try Template.render("SELECT '${X:-fallback}'", variables: [:]) == "SELECT 'fallback'", "strings are templated")
+    }
+
+    /// Values are never spliced raw: escaped inside quotes, numbers or identifiers elsewhere,
+    /// numbers where the default is one.
+    @Test func templateValuesAreEscapedOrValidated() throws {
+        #expect(try Template.render("SELECT 'a${X}b'", variables: ["X": "it's \\"]) == "SELECT 'ait\\'s \\\\b'")
+        #expect(try Template.render("SELECT now() + ${D:-15}", variables: ["D": "30"]) == "SELECT now() + 30")
+        #expect(try Template.render("SELECT now() + ${D:-15}", variables: ["D": "-2.5"]) == "SELECT now() + -2.5")
+        for (text, variables) in [
+            ("SELECT now() + ${D:-15}", ["D": "15; DROP TABLE x"]), ("SELECT now() + ${D:-15}", ["D": "abc"]),
+            ("SELECT * FROM ${DATABASE}.t", ["DATABASE": "a.b` x"]), ("SELECT ${X}", ["X": "1 OR 1"]),
+        ] {
+            do {
+                _ = try Template.render(text, variables: variables)
+                Issue.record("\(variables) must be refused in \(text)")
+            } catch {
+                guard case .invalidValue = error.problem else { Issue.record("\(error.problem)"); continue }
+            }
+        }
+    }
+
+    @Test func sqlIdentifierEscapesBackslashAndBackquote() {
+        #expect(sqlIdentifier("a\\") == "`a\\\\`")
+        #expect(sqlIdentifier("a`b") == "`a\\`b`")
+        #expect(sqlStringLiteral("a\\'") == "'a\\\\\\''")
     }
 
     @Test func commentsAreNotTemplatedAndErrorsNameTheRightLine() throws {
