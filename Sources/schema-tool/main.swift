@@ -142,6 +142,7 @@ struct Status: ParsableCommand {
                         + (status.appliedAt ?? "").padded(20) + " " + duration
                 )
                 if case .failed(_, let error) = status.state { print("         error: \(error)") }
+                if case .outcomeUnknown(_, let error) = status.state, !error.isEmpty { print("         error: \(error)") }
             }
             if try migrator.databaseExists() {
                 let unmanaged = try SchemaVerifier(connection: connection, migrations: migrations).unmanagedObjects(through: .max)
@@ -182,6 +183,7 @@ struct Verify: ParsableCommand {
     func run() throws {
         var problems: [String] = []
         var dataProblems: [String] = []
+        var dataSummary: String?
         try reportingFailures {
             let migrations = try options.loadMigrations()
             let connection = try options.connect()
@@ -198,7 +200,7 @@ struct Verify: ParsableCommand {
                 dataProblems = report.differences
                 if dataProblems.isEmpty {
                     let rows = report.compared.reduce(0) { $0 + $1.rows }
-                    print(
+                    dataSummary = (
                         "data matches: \(report.compared.count) derived object(s) (\(report.compared.map(\.object).joined(separator: ", "))), \(rows) settled row(s), windows ending before \(report.cutoff) UTC"
                     )
                 }
@@ -209,6 +211,7 @@ struct Verify: ParsableCommand {
         } else {
             problems.forEach { print("difference: \($0)") }
         }
+        dataSummary.map { print($0) }
         dataProblems.forEach { print("data difference: \($0)") }
         if !problems.isEmpty || !dataProblems.isEmpty { throw ExitCode(2) }
     }

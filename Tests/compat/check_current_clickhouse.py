@@ -56,8 +56,8 @@ TOOL_QUERIES = [
     "SELECT product_id, window_minute, avgMerge(avg_ctr) AS avg_ctr, sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view GROUP BY product_id, window_minute",
     "SELECT product_id, window_start, impressions, clicks, ctr, revision FROM ctr.ctr_latest_view FINAL",
     "CREATE TABLE IF NOT EXISTS ctr.schema_migrations (version UInt32, name String, checksum String, statements_total UInt32, "
-    "statements_done UInt32, state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, applied_by String, seq UInt64) "
-    "ENGINE = MergeTree ORDER BY (version, seq)",
+    "statements_done UInt32, state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, applied_by String, seq UInt64, "
+    "statement_checksums Array(String), query_id String, server String) ENGINE = MergeTree ORDER BY (version, seq)",
     "SELECT version, argMax(name, seq), argMax(replaceRegexpAll(error, '[\\t\\n]', ' '), seq), toString(argMax(recorded_at, seq)) "
     "FROM ctr.schema_migrations GROUP BY version ORDER BY version",
     "CREATE TABLE IF NOT EXISTS ctr.schema_migrations_lock (holder String, requested_us UInt64, expires_us UInt64, released UInt8) "
@@ -67,6 +67,31 @@ TOOL_QUERIES = [
     "SELECT name, engine FROM system.tables WHERE database = 'ctr'",
     "SELECT product_id, window_minute, weighted_ctr, windows, late_updates FROM ctr.ctr_ml_summary",
     "SELECT product_id, period_end, impressions_1m, clicks_1m, ctr_1m, impressions_5m, clicks_5m, ctr_5m FROM ctr.ctr_sliding_ctr",
+    # schema-tool: ledger upgrade and reads, data-statement outcomes, cut-over bounds, verify --data.
+    "SELECT name FROM system.columns WHERE database = 'ctr' AND table = 'schema_migrations'",
+    "SELECT version, argMax(name, seq), argMax(statements_done, seq), max(seq), arrayStringConcat(argMax(statement_checksums, seq), ','), "
+    "argMax(query_id, seq), argMax(server, seq) FROM ctr.schema_migrations GROUP BY version ORDER BY version",
+    "SELECT hostName()",
+    "SELECT count() FROM system.processes WHERE query_id = 'schema-tool-4-5-x'",
+    "SYSTEM FLUSH LOGS",
+    "EXISTS TABLE system.query_log",
+    "SELECT toUInt8(CAST(2 AS Enum8('QueryStart' = 1, 'QueryFinish' = 2, 'ExceptionBeforeStart' = 3, 'ExceptionWhileProcessing' = 4)))",
+    "SELECT toInt64(toUnixTimestamp(min(start))), toInt64(toUnixTimestamp(now())) FROM ctr.ctr_ml_cutover_v3",
+    "SELECT toInt64(toUnixTimestamp(start)) FROM (SELECT if((SELECT count() FROM ctr.ctr_results_raw) = 0, toDateTime(0, 'UTC'), "
+    "toDateTime(now() + 15, 'UTC')) AS start, toDateTime('2105-01-01 00:00:00', 'UTC') AS stop)",
+    "SELECT name, engine, sorting_key FROM system.tables WHERE database = 'ctr'",
+    "SELECT `product_id`, `window_minute`, sumMerge(`impressions`) AS `impressions`, avgMerge(`avg_ctr`) AS `avg_ctr`, "
+    "sumMerge(`revenue`) AS `revenue` FROM ctr.`ctr_ml_agg_v3` GROUP BY `product_id`, `window_minute`",
+    "SELECT * FROM ctr.`ctr_rollup_1d` FINAL",
+    "SELECT * FROM ctr.`ctr_funnel_daily`",
+    "CREATE TABLE ctr.`schema_tool_check\\\\` (x UInt8) ENGINE = Memory",
+    "DROP TABLE IF EXISTS ctr.`schema_tool_check\\\\`",
+]
+
+# Parsed only: the in-process engine has no query log.
+PARSED_QUERIES = [
+    "SELECT toUInt8(type), written_rows FROM system.query_log WHERE query_id = 'schema-tool-4-5-x' ORDER BY event_time",
+    "ALTER TABLE ctr.schema_migrations ADD COLUMN statement_checksums Array(String), ADD COLUMN query_id String, ADD COLUMN server String",
 ]
 
 
@@ -75,7 +100,7 @@ CLUSTER_QUERIES = [
     "CREATE DATABASE IF NOT EXISTS ctr ON CLUSTER ctr_cluster",
     "CREATE TABLE IF NOT EXISTS ctr.schema_migrations ON CLUSTER ctr_cluster (version UInt32, name String, checksum String, "
     "statements_total UInt32, statements_done UInt32, state String, error String, recorded_at DateTime('UTC'), duration_ms UInt64, "
-    "applied_by String, seq UInt64) "
+    "applied_by String, seq UInt64, statement_checksums Array(String), query_id String, server String) "
     "ENGINE = ReplicatedMergeTree('/clickhouse/schema_tool/ctr/schema_migrations', '{shard}_{replica}') ORDER BY (version, seq)",
     "SELECT count() FROM system.clusters WHERE cluster = 'ctr_cluster'",
     "SELECT zookeeper_path FROM system.replicas WHERE database = 'ctr' AND table = 'ctr_ml_cutover'",
@@ -121,6 +146,12 @@ def main():
             db.query(query)
         except Exception as error:  # noqa: BLE001
             print(f"FAILED tool query on ClickHouse {version}: {query}\n{error}")
+            return 1
+    for query in PARSED_QUERIES:
+        try:
+            db.query("EXPLAIN AST " + query)
+        except Exception as error:  # noqa: BLE001
+            print(f"FAILED to parse tool query on ClickHouse {version}: {query}\n{error}")
             return 1
     totals = db.query("SELECT sumMerge(impressions), sumMerge(clicks) FROM ctr.ctr_ml_view WHERE product_id = 'p-1'", "CSV").data().strip()
     latest = db.query("SELECT impressions, revision FROM ctr.ctr_latest_view FINAL WHERE product_id = 'p-1'", "CSV").data().strip()
