@@ -138,7 +138,11 @@ import Testing
         let rollupAnswers = try eventually(connections, rollup, equal: rawHourly)
         let rawAnswer = try connections[0].rows(rawHourly)
         #expect(rollupAnswers.count == 1, "the roll-ups too: \(rollupAnswers) vs \(rawAnswer)")
-        for replica in replicas { #expect(try schemaTool(["verify"] + arguments(replica)).status == 0) }
+        for replica in replicas {
+            let verify = try schemaTool(["verify", "--data", "--settle", "0"] + arguments(replica))
+            #expect(verify.status == 0, "\(replica.url): \(verify.stdout)\(verify.stderr)")
+            #expect(verify.stdout.contains("data matches"), "\(verify.stdout)")
+        }
     }
 
     @Test func unknownClusterIsRefusedBeforeAnythingRuns() throws {

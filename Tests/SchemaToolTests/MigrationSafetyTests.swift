@@ -264,7 +264,20 @@ import Testing
     /// computes is reported per object with exit code 2, unless its window is still open.
     @Test func verifyDataFindsDifferencesAndToleratesOpenWindows() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "verifydata")
-        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
+        // The shipped migrations plus a later one in the style of the planned 0007 (a latest
+        // view with conversions and revenue): verify --data must pick it up by itself.
+        var files: [String: String] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: migrationsDirectory) where name.hasSuffix(".sql") {
+            files[name] = try String(contentsOfFile: migrationsDirectory + "/" + name, encoding: .utf8)
+        }
+        files[String(format: "%04d_latest_money.sql", files.count + 1)] = """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS ${DATABASE}.ctr_latest_money_view
+            ENGINE = ReplacingMergeTree(version) ORDER BY product_id
+            AS SELECT product_id, window_start, conversions, revenue, toUInt64(toUnixTimestamp(window_start)) * 1000000 + revision AS version
+            FROM ${DATABASE}.ctr_results_raw;
+            """
+        let migrations = try directory(files)
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
         #expect(try schemaTool(["migrate"] + common).status == 0)
         let writer = try RawRowWriter(endpoint, tag: "v")
         for _ in 0..<40 { try writer.insert() }
@@ -279,7 +292,7 @@ import Testing
         let clean = try schemaTool(["verify", "--data"] + common)
         #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")
         #expect(clean.stdout.contains("data matches"))
-        for object in ["ctr_ml_agg_v3", ".inner.ctr_latest_view", "ctr_rollup_5m", "ctr_rollup_1h", "ctr_rollup_1d", "ctr_ml_summary", "ctr_funnel_daily"] {
+        for object in ["ctr_ml_agg_v3", ".inner.ctr_latest_view", ".inner.ctr_latest_money_view", "ctr_rollup_5m", "ctr_rollup_1h", "ctr_rollup_1d", "ctr_ml_summary", "ctr_funnel_daily"] {
             #expect(clean.stdout.contains(object), "\(object) is compared: \(clean.stdout)")
         }
         // A settled window counted twice in one roll-up.
