@@ -9,6 +9,10 @@ import Testing
 @Suite(.serialized) struct ClusterMigrationTests {
     static let counter = Atomic<Int>(0)
     let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
+    /// How many migrations are shipped (later ones are added by other work).
+    var shippedCount: Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: migrationsDirectory)) ?? []).filter { $0.hasSuffix(".sql") }.count
+    }
 
     func schemaTool(_ arguments: [String]) throws -> CommandResult {
         try ChildProcess.run(PackagePaths.executable("schema-tool"), arguments)
@@ -48,7 +52,7 @@ import Testing
         #expect(plan.stdout.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/\(replicas[0].database)/ctr_results_raw', '{replica}')"))
         let migrated = try schemaTool(["migrate"] + arguments(replicas[0]))
         #expect(migrated.status == 0, "\(migrated.stderr)")
-        #expect(migrated.stdout.contains("applied 9 migration(s)"))
+        #expect(migrated.stdout.contains("applied \(shippedCount) migration(s)"))
 
         let connections = try replicas.map(ClickHouseConnection.init(endpoint:))
         let engines = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
@@ -64,7 +68,7 @@ import Testing
         let ledger = "SELECT version, state, statements_done, seq FROM schema_migrations ORDER BY version, seq"
         #expect(try connections[1].rows(ledger) == connections[0].rows(ledger))
         let status = try schemaTool(["status"] + arguments(replicas[1]))
-        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == 9, "\(status.stdout)")
+        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == shippedCount, "\(status.stdout)")
         #expect(try schemaTool(["migrate"] + arguments(replicas[1])).stdout.contains("up to date"))
         for replica in replicas {
             let verify = try schemaTool(["verify"] + arguments(replica))

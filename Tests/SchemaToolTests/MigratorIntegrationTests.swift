@@ -8,6 +8,10 @@ import Testing
 /// `schema-tool` against a real ClickHouse server.
 @Suite(.serialized) struct MigratorIntegrationTests {
     let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
+    /// How many migrations are shipped (later ones are added by other work).
+    var shippedCount: Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: migrationsDirectory)) ?? []).filter { $0.hasSuffix(".sql") }.count
+    }
 
     func schemaTool(_ arguments: [String]) throws -> CommandResult {
         try ChildProcess.run(PackagePaths.executable("schema-tool"), arguments)
@@ -24,7 +28,7 @@ import Testing
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
         let first = try schemaTool(["migrate"] + common)
         #expect(first.status == 0, "\(first.stderr)")
-        #expect(first.stdout.contains("applied 9 migration(s)"))
+        #expect(first.stdout.contains("applied \(shippedCount) migration(s)"))
         let second = try schemaTool(["migrate"] + common)
         #expect(second.status == 0)
         #expect(second.stdout.contains("up to date"))
@@ -41,7 +45,7 @@ import Testing
         )
         #expect(try schemaTool(["verify"] + common).status == 0)
         let status = try schemaTool(["status"] + common)
-        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == 9)
+        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == shippedCount)
         #expect(try schemaTool(["plan"] + common).stdout.contains("nothing to apply"))
     }
 
