@@ -202,6 +202,7 @@ struct Verify: ParsableCommand {
                     let rows = report.compared.reduce(0) { $0 + $1.rows }
                     dataSummary = (
                         "data matches: \(report.compared.count) derived object(s) (\(report.compared.map(\.object).joined(separator: ", "))), \(rows) settled row(s), windows ending before \(report.cutoff) UTC"
+                            + (report.skipped.isEmpty ? "" : "; not compared (they read the clock): \(report.skipped.joined(separator: ", "))")
                     )
                 }
             }

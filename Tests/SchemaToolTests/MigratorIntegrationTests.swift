@@ -36,7 +36,8 @@ import Testing
         let tables = try connection.rows("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND name LIKE 'ctr_%' ORDER BY name")
         #expect(
             tables.map { "\($0[0])=\($0[1])" } == [
-                "ctr_batches=MergeTree", "ctr_fences=MergeTree", "ctr_funnel_daily=View", "ctr_latest_cutover=TinyLog", "ctr_latest_v2=ReplacingMergeTree", "ctr_latest_view=MaterializedView", "ctr_ml_agg_v3=AggregatingMergeTree",
+                "ctr_batches=MergeTree", "ctr_fences=MergeTree", "ctr_funnel_daily=View", "ctr_latest_cutover=TinyLog",
+                "ctr_latest_v2=ReplacingMergeTree", "ctr_latest_view=MaterializedView", "ctr_ml_agg_v3=AggregatingMergeTree",
                 "ctr_ml_cutover=TinyLog", "ctr_ml_cutover_v3=TinyLog", "ctr_ml_summary=View", "ctr_ml_view=MaterializedView",
                 "ctr_results_raw=MergeTree", "ctr_rollup_1d=AggregatingMergeTree", "ctr_rollup_1d_mv=MaterializedView",
                 "ctr_rollup_1h=AggregatingMergeTree", "ctr_rollup_1h_mv=MaterializedView", "ctr_rollup_5m=AggregatingMergeTree",
