@@ -624,7 +624,7 @@ public final class Migrator {
                 try lock?.ensureHeld()
                 _ = try connection.execute(statement, kind: .nonIdempotent)
             } catch {
-                throw .statementFailed("\(location): rolling back the cut-over window failed at `\(statement)`: \(error). Run migrate again.")
+                throw .statementFailed("\(location): rolling back the cut-over window failed at `\(statement)`: \(error)")
             }
         }
         return window.start

@@ -57,7 +57,8 @@ import Testing
             Int(try connection.scalar("SELECT argMax(statements_done, seq) FROM schema_migrations WHERE version = \(version)")) ?? 0
         }
         let logs = try PackagePaths.temporaryDirectory("cutkill-logs")
-        let arguments = ["migrate", "--lock-lease", "2"] + Self.fastCutover + common
+        // A short lease, so that each resumed run soon takes over from the killed one.
+        let arguments = ["migrate", "--lock-lease", "5"] + Self.fastCutover + common
 
         let slowCreate = try KeepAliveRelay(
             upstreamPort: port(endpoint), rules: [.init(marker: "EXISTS%20\(database).ctr_ml_agg_v2%0A", action: .delay(seconds: 30))]
