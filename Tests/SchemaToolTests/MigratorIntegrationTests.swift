@@ -260,7 +260,8 @@ import Testing
     }
 }
 
-/// Inserts rows into `ctr_results_raw` (20 products, 30 windows, some revisions), on demand or
+/// Inserts rows into `ctr_results_raw` (20 products, 30 windows, revision = insert number / 30,
+/// so no (product, window, revision) repeats within one writer: the latest view has no ties), on demand or
 /// every 20 ms from its own thread between ``start()`` and ``stop()``. Every block is unique
 /// (`batch_id` = tag and sequence number), so replicated tables never deduplicate one.
 final class RawRowWriter: @unchecked Sendable {
@@ -279,7 +280,7 @@ final class RawRowWriter: @unchecked Sendable {
     func insert() throws {
         batches += 1
         let rows = (0..<20).map { product in
-            "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches % 2), now(), '\(tag)-\(batches)')"
+            "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches / 30), now(), '\(tag)-\(batches)')"
         }.joined(separator: ",")
         try connection.run(
             "INSERT INTO ctr_results_raw (product_id, window_start, window_end, impressions_delta, clicks_delta, revision, emitted_at, batch_id) VALUES \(rows)"
