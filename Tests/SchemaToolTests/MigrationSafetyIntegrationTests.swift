@@ -8,7 +8,7 @@ import Testing
 /// The failures of review findings 9, 10 and 15 (reliability review of 2026-12-01), on a real
 /// ClickHouse 18.16: interrupted cut-overs lose no row, data statements never run twice, and
 /// the lock is neither shared nor withheld from its own process.
-@Suite(.serialized) struct MigrationSafetyTests {
+@Suite(.serialized) struct MigrationSafetyIntegrationTests {
     let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
 
     func schemaTool(_ arguments: [String]) throws -> CommandResult {
