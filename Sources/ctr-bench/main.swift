@@ -18,6 +18,20 @@ struct Bench: ParsableCommand {
     )
 }
 
+/// `events` messages of the synthetic stream over `products` products, in memory.
+func generatedMessages(events: Int, products: Int) -> [(InputTopic, [UInt8])] {
+    var generator = TrafficGenerator(
+        configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
+    )
+    var messages: [(InputTopic, [UInt8])] = []
+    messages.reserveCapacity(events)
+    for _ in 0..<events {
+        guard let message = generator.next() else { break }
+        messages.append((message.topic, message.value))
+    }
+    return messages
+}
+
 func seconds(since start: ContinuousClock.Instant) -> Double {
     let elapsed = ContinuousClock.now - start
     return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
@@ -80,15 +94,7 @@ struct Stages: ParsableCommand {
     @Option var products = 10_000
 
     func run() throws {
-        var generator = TrafficGenerator(
-            configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
-        )
-        var messages: [(InputTopic, [UInt8])] = []
-        messages.reserveCapacity(events)
-        for _ in 0..<events {
-            guard let message = generator.next() else { break }
-            messages.append((message.topic, message.value))
-        }
+        let messages = generatedMessages(events: events, products: products)
         let decoder = EventDecoder()
         let now = Timestamp(milliseconds: Int64(Date().timeIntervalSince1970 * 1000))
         var decoded: [(EventKind, String, Timestamp)] = []
@@ -203,15 +209,7 @@ struct Callgrind: ParsableCommand {
     @Flag(help: "Prepare the inputs but do not run the stage (the baseline to subtract).") var skipStage = false
 
     func run() throws {
-        var generator = TrafficGenerator(
-            configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
-        )
-        var messages: [(InputTopic, [UInt8])] = []
-        messages.reserveCapacity(events)
-        for _ in 0..<events {
-            guard let message = generator.next() else { break }
-            messages.append((message.topic, message.value))
-        }
+        let messages = generatedMessages(events: events, products: products)
         let decoder = EventDecoder()
         let now = Timestamp(milliseconds: 1_700_000_000_000)
         var items = 0
