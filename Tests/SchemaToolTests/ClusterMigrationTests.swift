@@ -126,7 +126,8 @@ import Testing
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=4", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=4",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + arguments(replicas[0])
         )
-        Thread.sleep(forTimeInterval: 1)
+        let afterMigration = writers.map(\.batches)
+        #expect(TestSupport.eventually(timeout: 30) { zip(writers, afterMigration).allSatisfy { $0.batches >= $1 + 10 } }, "rows keep arriving after the new views exist")
         for writer in writers { writer.stop() }
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("waiting"), "the cut-over waits happened with data present")

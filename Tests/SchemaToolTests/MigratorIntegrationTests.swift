@@ -196,7 +196,13 @@ import Testing
         let arguments = ["migrate", "--lock-lease", "2", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
         let logs = try PackagePaths.temporaryDirectory("renew-logs")
         let first = try ChildProcess(PackagePaths.executable("schema-tool"), arguments, logDirectory: logs, name: "first")
-        Thread.sleep(forTimeInterval: 3.5)
+        // Start the second run once the first has renewed its lease past the original expiry:
+        // without renewals the 2 s lease would have lapsed by then.
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        let renewed = try eventually(timeout: 30) {
+            (try? connection.scalar("SELECT max(expires_us) - min(requested_us) > 2500000 FROM schema_migrations_lock")) == "1"
+        }
+        #expect(renewed, "the first run renewed its lease")
         let second = try ChildProcess(PackagePaths.executable("schema-tool"), arguments, logDirectory: logs, name: "second")
         first.process.waitUntilExit()
         second.process.waitUntilExit()
@@ -225,7 +231,8 @@ import Testing
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + common
         )
-        Thread.sleep(forTimeInterval: 1)
+        let afterMigration = writer.batches
+        #expect(eventually(timeout: 30) { writer.batches >= afterMigration + 20 }, "rows keep arriving after the new view exists")
         writer.stop()
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("waiting"), "the cut-over waits happened with data present")
@@ -270,7 +277,10 @@ final class RawRowWriter: @unchecked Sendable {
     private let lock = NSLock()
     private var running = false
     private let done = DispatchSemaphore(value: 0)
-    private(set) var batches = 0
+    private var inserted = 0
+
+    /// Batches inserted so far (read from any thread).
+    var batches: Int { lock.withLock { inserted } }
 
     init(_ endpoint: ClickHouseEndpoint, tag: String = "w") throws {
         connection = try ClickHouseConnection(endpoint: endpoint)
@@ -278,7 +288,10 @@ final class RawRowWriter: @unchecked Sendable {
     }
 
     func insert() throws {
-        batches += 1
+        let batches = lock.withLock {
+            inserted += 1
+            return inserted
+        }
         let rows = (0..<20).map { product in
             "('p\(product)', toDateTime(1700000000 + \(batches % 30) * 10, 'UTC'), toDateTime(1700000010 + \(batches % 30) * 10, 'UTC'), 1, \(product % 3), \(batches / 30), now(), '\(tag)-\(batches)')"
         }.joined(separator: ",")
