@@ -167,9 +167,6 @@ public struct PipelineStateMachine: Sendable {
         self.configuration = configuration
     }
 
-    /// The pipeline watermark, if the assignment has one.
-    public var watermark: Timestamp? { assignment?.windows.watermark }
-
     /// The assigned partitions and their consumer positions (next offset), for lag metrics.
     public var positions: [(partition: TopicPartition, position: Int64?)] {
         guard let assignment else { return [] }
