@@ -25,17 +25,17 @@ def test_escapes_are_found(tmp_path):
     root = str(tmp_path)
     subprocess.run(["git", "init", "-q", root], check=True)
     write(root, "Tests/EndToEndTests/A.swift",
-          'let a = PackagePaths.root.deletingLastPathComponent().appendingPathComponent("shared/data/x.csv")\n'
-          'let b = "../shared/data/avazu_sample.csv"\n'
+          'let a = PackagePaths.root.deletingLastPathComponent().appendingPathComponent("elsewhere/data/x.csv")\n'
+          'let b = "../elsewhere/data/sample.csv"\n'
           'let c = PackagePaths.fixture("absent.csv")\n'
           'let d = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()'
           '.deletingLastPathComponent().deletingLastPathComponent()\n')
-    write(root, "scripts/a.sh", 'cd "$(dirname "$0")/../.."\ncat /work/shared/data/x.csv\n')
+    write(root, "scripts/a.sh", 'cd "$(dirname "$0")/../.."\ncat /work/elsewhere/data/x.csv\n')
     write(root, ".ci/run", 'cd "$(dirname "$0")/.."\nexec ./scripts/test.sh\n')
     write(root, "Tests/X/Ranges.swift", 'let a = buffered[..<newline]\nfor i in Int64(0)..<30 {}\nlet b = chunk[...end]\n')
     problems = "\n".join(checker.check(root))
     assert "A.swift:1: goes up from the package root" in problems
-    assert "A.swift:2: path '../shared/data/avazu_sample.csv' leaves the repository" in problems
+    assert "A.swift:2: path '../elsewhere/data/sample.csv' leaves the repository" in problems
     assert "A.swift:3: reads Tests/Fixtures/absent.csv" in problems
     assert "A.swift:4: #filePath goes up 4 levels from a file 3 deep" in problems
     assert "a.sh:1: path '/../..' leaves the repository" in problems
