@@ -69,8 +69,8 @@ public final class ClickHouseResultsStore: ResultsStore {
         let expected = Set([ResultsTable.results, ResultsTable.batches, ResultsTable.fences])
         let present = try retrying("check the schema") { connection throws(ClickHouseError) in
             try connection.execute(
-                "SELECT name FROM system.tables WHERE database = \(SQL.literal(connection.endpoint.database)) AND name IN ("
-                    + expected.sorted().map(SQL.literal).joined(separator: ", ") + ")",
+                "SELECT name FROM system.tables WHERE database = \(sqlStringLiteral(connection.endpoint.database)) AND name IN ("
+                    + expected.sorted().map(sqlStringLiteral).joined(separator: ", ") + ")",
                 useDatabase: false
             ).lines.map(String.init)
         }
@@ -90,11 +90,11 @@ public final class ClickHouseResultsStore: ResultsStore {
         _ = try retrying("write the fence of generation \(generation)") { connection throws(ClickHouseError) in
             try connection.execute(
                 "INSERT INTO \(ResultsTable.fences) (scope, token, writer, created_at) VALUES "
-                    + "(\(SQL.literal("group:\(group)")), \(generation), \(SQL.literal(writer)), now())"
+                    + "(\(sqlStringLiteral("group:\(group)")), \(generation), \(sqlStringLiteral(writer)), now())"
             )
         }
         // An insert that checked its fence before ours landed is still running: wait for it.
-        let others = "query_id LIKE 'ctr-agg-%' AND NOT startsWith(query_id, \(SQL.literal(Self.queryPrefix(writer: writer))))"
+        let others = "query_id LIKE 'ctr-agg-%' AND NOT startsWith(query_id, \(sqlStringLiteral(Self.queryPrefix(writer: writer))))"
         var waiting = Set(try running(where: others))
         var lastLog = ContinuousClock.now
         while !waiting.isEmpty && !shouldStop() {
@@ -121,7 +121,7 @@ public final class ClickHouseResultsStore: ResultsStore {
             let fields = try retrying("read the batches of partitions without history") { connection throws(ClickHouseError) in
                 try connection.execute(
                     "SELECT count(), toUnixTimestamp(min(window_end_min)) FROM \(ResultsTable.batches) WHERE hasAny(partitions, "
-                        + SQL.array(request.partitionsWithoutHistory) + ")",
+                        + sqlStringArray(request.partitionsWithoutHistory) + ")",
                     settings: Self.completeAnswer
                 ).text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\t")
             }
@@ -149,7 +149,7 @@ public final class ClickHouseResultsStore: ResultsStore {
             try connection.execute(
                 """
                 SELECT batch_id, arrayStringConcat(partitions, ','), arrayStringConcat(arrayMap(x -> toString(x), next_offsets), ',') \
-                FROM \(ResultsTable.batches) WHERE window_end_max > \(after) AND hasAny(partitions, \(SQL.array(request.partitions)))
+                FROM \(ResultsTable.batches) WHERE window_end_max > \(after) AND hasAny(partitions, \(sqlStringArray(request.partitions)))
                 """,
                 settings: Self.completeAnswer
             ).lines
@@ -307,9 +307,9 @@ public final class ClickHouseResultsStore: ResultsStore {
                 _ = try connection.execute(
                     "INSERT INTO \(ResultsTable.batches) (\(ResultsTable.batchColumns.joined(separator: ", "))) VALUES ("
                         + [
-                            SQL.literal(batch.id), SQL.literal(writer), SQL.literal(consumerGroup), String(batch.generation), "now()",
+                            sqlStringLiteral(batch.id), sqlStringLiteral(writer), sqlStringLiteral(consumerGroup), String(batch.generation), "now()",
                             "toDateTime(\(range.lowerBound), 'UTC')", "toDateTime(\(range.upperBound), 'UTC')", String(batch.rowCount),
-                            SQL.array(batch.positions.map(\.partition)), "[" + batch.positions.map { String($0.nextOffset) }.joined(separator: ",") + "]",
+                            sqlStringArray(batch.positions.map(\.partition)), "[" + batch.positions.map { String($0.nextOffset) }.joined(separator: ",") + "]",
                         ].joined(separator: ", ") + ")"
                 )
             }
@@ -317,14 +317,14 @@ public final class ClickHouseResultsStore: ResultsStore {
             throw .beforeInsert(error)
         }
         let refusal = """
-            (SELECT count() FROM \(ResultsTable.staging) WHERE batch_id = \(SQL.literal(batch.id))) != \(batch.rowCount) \
-            OR (SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(SQL.literal(groupScope))) > \(batch.generation) \
-            OR (SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(SQL.literal(writerScope))) > \(writerFence)
+            (SELECT count() FROM \(ResultsTable.staging) WHERE batch_id = \(sqlStringLiteral(batch.id))) != \(batch.rowCount) \
+            OR (SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(sqlStringLiteral(groupScope))) > \(batch.generation) \
+            OR (SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(sqlStringLiteral(writerScope))) > \(writerFence)
             """
         do throws(ClickHouseError) {
             _ = try connection.execute(
                 "INSERT INTO \(ResultsTable.results) (\(columns)) SELECT \(columns) FROM \(ResultsTable.staging) "
-                    + "WHERE batch_id = \(SQL.literal(batch.id)) AND throwIf(\(refusal)) = 0",
+                    + "WHERE batch_id = \(sqlStringLiteral(batch.id)) AND throwIf(\(refusal)) = 0",
                 settings: session.merging([
                     "max_block_size": blocks, "min_insert_block_size_rows": blocks, "max_insert_block_size": blocks,
                     "min_insert_block_size_bytes": "0", "max_threads": "1",
@@ -340,7 +340,7 @@ public final class ClickHouseResultsStore: ResultsStore {
     }
 
     private func fenceToken(_ scope: String) throws(ClickHouseError) -> Int64 {
-        let text = try connection.execute("SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(SQL.literal(scope))").text
+        let text = try connection.execute("SELECT max(token) FROM \(ResultsTable.fences) WHERE scope = \(sqlStringLiteral(scope))").text
         return Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
     }
 
@@ -352,10 +352,10 @@ public final class ClickHouseResultsStore: ResultsStore {
         let next = max(writerFence, try fenceToken(writerScope)) + 1
         _ = try connection.execute(
             "INSERT INTO \(ResultsTable.fences) (scope, token, writer, created_at) VALUES "
-                + "(\(SQL.literal(writerScope)), \(next), \(SQL.literal(writer)), now())"
+                + "(\(sqlStringLiteral(writerScope)), \(next), \(sqlStringLiteral(writer)), now())"
         )
         writerFence = next
-        let attempts = "startsWith(query_id, \(SQL.literal(batch.id + "-a")))"
+        let attempts = "startsWith(query_id, \(sqlStringLiteral(batch.id + "-a")))"
         while try connection.execute("SELECT count() FROM system.processes WHERE \(attempts)").text.hasPrefix("0") == false {
             sleep(.milliseconds(50))
         }
@@ -363,7 +363,7 @@ public final class ClickHouseResultsStore: ResultsStore {
         let counted = try connection.execute(
             """
             SELECT count() FROM \(ResultsTable.results) WHERE window_end >= toDateTime(\(range.lowerBound), 'UTC') \
-            AND window_end <= toDateTime(\(range.upperBound), 'UTC') AND batch_id = \(SQL.literal(batch.id))
+            AND window_end <= toDateTime(\(range.upperBound), 'UTC') AND batch_id = \(sqlStringLiteral(batch.id))
             """,
             settings: Self.completeAnswer
         ).text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -396,24 +396,6 @@ public final class ClickHouseResultsStore: ResultsStore {
             }
         }
     }
-}
-
-/// SQL text of values, for the few statements whose values are not sent as data.
-enum SQL {
-    /// A ClickHouse string literal: backslashes and quotes escaped, so any bytes round-trip.
-    static func literal(_ value: String) -> String {
-        var result = "'"
-        for character in value.unicodeScalars {
-            switch character {
-            case "\\": result += "\\\\"
-            case "'": result += "\\'"
-            default: result.unicodeScalars.append(character)
-            }
-        }
-        return result + "'"
-    }
-
-    static func array(_ values: [String]) -> String { "[" + values.map(literal).joined(separator: ", ") + "]" }
 }
 
 /// ClickHouse's `TabSeparated` escaping, undone byte by byte (a combining mark after an escape

@@ -1,3 +1,5 @@
+import ClickHouseHTTP
+
 /// A replicated ClickHouse cluster that migrations run on (`schema-tool --cluster NAME`).
 public struct ClusterTarget: Sendable, Hashable {
     /// The cluster's name in the servers' `remote_servers` (as `system.clusters` lists it).

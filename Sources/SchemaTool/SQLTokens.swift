@@ -92,15 +92,3 @@ enum SQLLexer {
         return tokens
     }
 }
-
-/// `text` as a ClickHouse string literal: quoted, with `\` and `'` escaped.
-func sqlStringLiteral(_ text: String) -> String {
-    "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
-}
-
-/// `name` as a quoted ClickHouse identifier: in backquotes, with `\` and `` ` `` escaped
-/// (ClickHouse reads backslash escapes inside backquotes, so `a\` would otherwise swallow the
-/// closing quote).
-func sqlIdentifier(_ name: String) -> String {
-    "`" + name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "`", with: "\\`") + "`"
-}

@@ -1,3 +1,4 @@
+import ClickHouseHTTP
 import Testing
 
 @testable import SchemaTool
