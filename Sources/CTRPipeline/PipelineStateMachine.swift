@@ -148,8 +148,7 @@ public struct PipelineStateMachine: Sendable {
     private var openBatchCreatedAt: Int64 = 0
     private var nextSequence: UInt64 = 0
     private var lastCommitAt: Int64 = 0
-    private var commitInFlight = false
-    /// The positions of the commit in flight.
+    /// The positions of the commit in flight; empty when none is.
     private var pendingCommit: [SourcePartition: SourceOffset] = [:]
     /// Committed offsets kept while start positions are looked up.
     private var pendingCommitted: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
@@ -308,7 +307,7 @@ public struct PipelineStateMachine: Sendable {
         openBatch = nil
         paused = false
         pausedAhead = []
-        commitInFlight = false
+        pendingCommit = [:]
         if phase != .failed { phase = .unassigned }
         catalog = ProductCatalog()
         return [.cancelBatches(generationsBelow: assignment.generation &+ 1)]
@@ -514,7 +513,7 @@ public struct PipelineStateMachine: Sendable {
     }
 
     private mutating func commitAction(_ observation: PollObservation) -> Action? {
-        guard !commitInFlight, let assignment else { return nil }
+        guard pendingCommit.isEmpty, let assignment else { return nil }
         lastCommitAt = observation.now.milliseconds
         let windows = assignment.windows
         let offsets = assignment.tracker.offsetsToCommit(
@@ -523,7 +522,6 @@ public struct PipelineStateMachine: Sendable {
             deadLettersPendingFrom: { observation.deadLettersPendingFrom[assignment.partitions[$0]] }
         )
         guard !offsets.isEmpty else { return nil }
-        commitInFlight = true
         pendingCommit = offsets
         var byPartition: [TopicPartition: KafkaConsumer.CommittedOffset] = [:]
         for (partition, offset) in offsets {
@@ -536,8 +534,7 @@ public struct PipelineStateMachine: Sendable {
 
     /// The commit of the last ``Action/commit(_:)`` succeeded.
     public mutating func commitSucceeded() {
-        guard commitInFlight else { return }
-        commitInFlight = false
+        guard !pendingCommit.isEmpty else { return }
         assignment?.tracker.committed(pendingCommit)
         pendingCommit = [:]
         counters.commits += 1
@@ -545,7 +542,6 @@ public struct PipelineStateMachine: Sendable {
 
     /// The commit of the last ``Action/commit(_:)`` failed; a later poll tries again.
     public mutating func commitFailed() {
-        commitInFlight = false
         pendingCommit = [:]
     }
 
@@ -626,7 +622,7 @@ public struct PipelineStateMachine: Sendable {
     /// The last commit of a clean stop, after the sink drained.
     public mutating func finalCommit(_ observation: PollObservation) -> [Action] {
         guard phase == .running else { return [] }
-        commitInFlight = false
+        pendingCommit = [:]
         return commitAction(observation).map { [$0] } ?? []
     }
 }
