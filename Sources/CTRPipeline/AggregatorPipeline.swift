@@ -76,7 +76,8 @@ public final class AggregatorPipeline: Sendable {
                 do {
                     return try ClickHouseResultsStore(
                         endpoint: configuration.clickHouse, writer: pipeline.writer, consumerGroup: configuration.groupID,
-                        policy: configuration.retry, maxBatchRows: configuration.batchMaxRows, logger: logger
+                        policy: configuration.retry, maxBatchRows: configuration.batchMaxRows,
+                        dimensions: configuration.decoder.dimensionFields, logger: logger
                     )
                 } catch {
                     throw PipelineError(error.description)

@@ -12,6 +12,9 @@ public struct PipelineCounters: Sendable {
     public var rejected: [RejectionReason: Int] = [:]
     public var lateUpdates = 0
     public var alreadyCounted = 0
+    /// Events not counted because their window had counted their id (`--dedup-field`), by
+    /// ``EventKind/rawValue``.
+    public var duplicates = [Int](repeating: 0, count: EventKind.allCases.count)
     public var windowsRestored = 0
     public var emissions = 0
     public var rowsEmitted = 0
@@ -58,6 +61,7 @@ public final class PipelineMetrics: Sendable {
     private let tooLate: Counter
     private let lateUpdates: Counter
     private let replayed: Counter
+    private let duplicates: [EventKind: Counter]
     private let windowsEmitted: Counter
     private let firstRows: Counter
     private let revisionRows: Counter
@@ -93,6 +97,9 @@ public final class PipelineMetrics: Sendable {
         })
         invalid = Dictionary(uniqueKeysWithValues: RejectionReason.allCases.filter { $0 != .tooLate }.map { reason in
             (reason, Counter(label: "ctr_events_invalid_total", dimensions: [("reason", reason.rawValue)]))
+        })
+        duplicates = Dictionary(uniqueKeysWithValues: EventKind.allCases.map { kind in
+            (kind, Counter(label: "ctr_events_duplicate_total", dimensions: [("kind", Self.name(of: kind))]))
         })
         tooLate = Counter(label: "ctr_events_too_late_total")
         lateUpdates = Counter(label: "ctr_events_late_updates_total")
@@ -156,6 +163,9 @@ public final class PipelineMetrics: Sendable {
         }
         add(lateUpdates, counters.lateUpdates, previous.lateUpdates)
         add(replayed, counters.alreadyCounted, previous.alreadyCounted)
+        for kind in EventKind.allCases {
+            add(duplicates[kind]!, counters.duplicates[Int(kind.rawValue)], previous.duplicates[Int(kind.rawValue)])
+        }
         add(windowsEmitted, counters.emissions, previous.emissions)
         add(firstRows, counters.rowsEmitted - counters.revisionsEmitted, previous.rowsEmitted - previous.revisionsEmitted)
         add(revisionRows, counters.revisionsEmitted, previous.revisionsEmitted)

@@ -280,8 +280,10 @@ public struct PipelineStateMachine: Sendable {
                 reflected[index] = position
                 assignment.restoreFrontier[index] = max(assignment.restoreFrontier[index], position)
             }
-            let product = catalog.id(for: row.productID)
-            byWindow[row.windowStart, default: []].append(RestoredRow(product: product, totals: row.totals, revision: row.revision, reflectedBefore: reflected))
+            let product = catalog.id(for: SeriesKey(product: ProductKey(row.productID), dimensions: row.dimensions))
+            byWindow[row.windowStart, default: []].append(
+                RestoredRow(product: product, totals: row.totals, revision: row.revision, reflectedBefore: reflected, uniqueUsers: row.uniqueUsers)
+            )
         }
         for (start, rows) in byWindow { assignment.windows.restore(windowStart: start, rows: rows) }
         counters.windowsRestored += byWindow.count
@@ -331,7 +333,7 @@ public struct PipelineStateMachine: Sendable {
             counters.rejected[rejection.reason, default: 0] += 1
             return .deadLetter(rejection)
         case .success(let event):
-            let product = catalog.id(for: event.product.name)
+            let product = catalog.id(for: SeriesKey(product: event.product, dimensions: event.dimensions))
             switch shape {
             case .kind(let kind):
                 return count(kind, product, event, revenueMicros: event.revenueMicros, source: source, offset: offset)
@@ -348,8 +350,13 @@ public struct PipelineStateMachine: Sendable {
         _ kind: EventKind, _ product: ProductID, _ event: DecodedEvent, revenueMicros: UInt64, source: SourcePartition, offset: Int64
     ) -> MessageVerdict {
         counters.recordConsumed(kind)
-        switch assignment!.windows.ingest(kind, product, at: event.timestamp, from: source, offset: offset, revenueMicros: revenueMicros) {
+        switch assignment!.windows.ingest(
+            kind, product, at: event.timestamp, from: source, offset: offset, revenueMicros: revenueMicros, user: event.user, eventID: event.eventID
+        ) {
         case .counted:
+            return .handled
+        case .duplicate:
+            counters.duplicates[Int(kind.rawValue)] += 1
             return .handled
         case .lateUpdate:
             counters.lateUpdates += 1
@@ -474,10 +481,12 @@ public struct PipelineStateMachine: Sendable {
                     openBatch!.positions = positions
                     assignment!.tracker.batch(openBatch!.sequence, dependsOn: emission.firstNewOffsets)
                 }
+                let series = catalog.series(of: row.product)
                 openBatch!.append(
                     ResultRow(
-                        productID: catalog.name(of: row.product), windowStart: emission.windowStart, windowEnd: emission.windowEnd,
-                        totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now
+                        productID: series.product.name, dimensions: series.dimensions, windowStart: emission.windowStart,
+                        windowEnd: emission.windowEnd, totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now,
+                        uniqueUsers: row.uniqueUsers, newUsers: row.newUsers
                     )
                 )
             }

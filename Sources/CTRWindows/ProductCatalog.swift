@@ -43,48 +43,83 @@ public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
     public var description: String { name }
 }
 
-/// Hands out a dense ``ProductID`` for every distinct product id (compared byte for byte, see
-/// ``ProductKey``), and back.
+/// What a window row counts: a product and the values of the configured dimensions (in the
+/// order of `--dimensions`; empty without them). Compared byte for byte, like ``ProductKey``.
+public struct SeriesKey: Hashable, Sendable {
+    public var product: ProductKey
+    public var dimensions: [String]
+
+    @inlinable
+    public init(product: ProductKey, dimensions: [String] = []) {
+        self.product = product
+        self.dimensions = dimensions
+    }
+
+    @inlinable
+    public static func == (lhs: SeriesKey, rhs: SeriesKey) -> Bool {
+        guard lhs.product == rhs.product, lhs.dimensions.count == rhs.dimensions.count else { return false }
+        for index in lhs.dimensions.indices where ProductKey(lhs.dimensions[index]) != ProductKey(rhs.dimensions[index]) {
+            return false
+        }
+        return true
+    }
+
+    @inlinable
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(product)
+        for value in dimensions { hasher.combine(ProductKey(value)) }
+    }
+}
+
+/// Hands out a dense ``ProductID`` for every distinct series (a product id with its dimension
+/// values, compared byte for byte, see ``SeriesKey``), and back.
 ///
-/// Memory is bounded by the products in use: ids given back with ``release(_:)`` (when no open
-/// window holds the product any more, see ``WindowAggregator/takeReleasedProducts()``) are
+/// Memory is bounded by the series in use: ids given back with ``release(_:)`` (when no open
+/// window holds the series any more, see ``WindowAggregator/takeReleasedProducts()``) are
 /// forgotten and reused.
 public struct ProductCatalog: Sendable {
-    private var ids: [ProductKey: ProductID] = [:]
-    private var names: [String] = []
+    private var ids: [SeriesKey: ProductID] = [:]
+    private var keys: [SeriesKey] = []
     private var free: [ProductID] = []
 
     public init() {}
 
-    /// Number of products known.
+    /// Number of series known.
     public var count: Int { ids.count }
 
-    /// The id of `name`, assigning one on first sight.
-    public mutating func id(for name: String) -> ProductID {
-        let key = ProductKey(name)
-        if let id = ids[key] { return id }
+    /// The id of the series of `product` without dimensions, assigning one on first sight.
+    public mutating func id(for product: String) -> ProductID {
+        id(for: SeriesKey(product: ProductKey(product)))
+    }
+
+    /// The id of `series`, assigning one on first sight.
+    public mutating func id(for series: SeriesKey) -> ProductID {
+        if let id = ids[series] { return id }
         let id: ProductID
         if let reused = free.popLast() {
             id = reused
-            names[Int(id)] = name
+            keys[Int(id)] = series
         } else {
-            id = ProductID(names.count)
-            names.append(name)
+            id = ProductID(keys.count)
+            keys.append(series)
         }
-        ids[key] = id
+        ids[series] = id
         return id
     }
 
-    /// The id of `name` if it is known.
-    public func existingID(for name: String) -> ProductID? { ids[ProductKey(name)] }
+    /// The id of `series` if it is known.
+    public func existingID(for series: SeriesKey) -> ProductID? { ids[series] }
 
     /// The product id string of `id`. `id` must come from this catalog and not be released.
-    public func name(of id: ProductID) -> String { names[Int(id)] }
+    public func name(of id: ProductID) -> String { keys[Int(id)].product.name }
 
-    /// Forgets `id`; a later ``id(for:)`` may hand it out for another product.
+    /// The series of `id`. `id` must come from this catalog and not be released.
+    public func series(of id: ProductID) -> SeriesKey { keys[Int(id)] }
+
+    /// Forgets `id`; a later ``id(for:)`` may hand it out for another series.
     public mutating func release(_ id: ProductID) {
-        guard Int(id) < names.count, let removed = ids.removeValue(forKey: ProductKey(names[Int(id)])), removed == id else { return }
-        names[Int(id)] = ""
+        guard Int(id) < keys.count, let removed = ids.removeValue(forKey: keys[Int(id)]), removed == id else { return }
+        keys[Int(id)] = SeriesKey(product: ProductKey(""))
         free.append(id)
     }
 }

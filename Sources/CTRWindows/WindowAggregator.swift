@@ -1,4 +1,5 @@
-/// A product, as a dense number handed out by a ``ProductCatalog``.
+/// A series (a product with its dimension values, see ``SeriesKey``), as a dense number handed
+/// out by a ``ProductCatalog``.
 public typealias ProductID = UInt32
 
 /// What an input event records.
@@ -62,22 +63,55 @@ public struct WindowCounts: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// One output row: a product's counts in a window as of one emission.
+/// Distinct users of a (series, window): the number of distinct user hashes among its counted
+/// impressions and among its counted clicks.
+public struct UniqueUsers: Hashable, Sendable {
+    public var impressions: UInt64
+    public var clicks: UInt64
+
+    public init(impressions: UInt64 = 0, clicks: UInt64 = 0) {
+        self.impressions = impressions
+        self.clicks = clicks
+    }
+}
+
+/// User hashes (see `StableHash`) of a (series, window), by the kind of event they were seen on.
+public struct UserHashes: Hashable, Sendable {
+    public var impressions: [UInt64]
+    public var clicks: [UInt64]
+
+    public init(impressions: [UInt64] = [], clicks: [UInt64] = []) {
+        self.impressions = impressions
+        self.clicks = clicks
+    }
+}
+
+/// One output row: a series' counts in a window as of one emission.
 public struct WindowRow: Hashable, Sendable {
     public var product: ProductID
     /// Cumulative counts of the window as of this emission.
     public var totals: WindowCounts
-    /// Change since the previous emission of the same (product, window); equal to `totals` on
+    /// Change since the previous emission of the same (series, window); equal to `totals` on
     /// revision 0. Summing the deltas of all revisions gives the final totals.
     public var delta: WindowCounts
-    /// 0 for the first emission of a (product, window), then +1 for every late update.
+    /// 0 for the first emission of a (series, window), then +1 for every late update.
     public var revision: UInt32
+    /// Distinct users of the window as of this emission (cumulative, like ``totals``).
+    public var uniqueUsers: UniqueUsers
+    /// The users first seen in the window since its previous emission, in the order seen: the
+    /// union over all revisions is the window's users, each once.
+    public var newUsers: UserHashes
 
-    public init(product: ProductID, totals: WindowCounts, delta: WindowCounts, revision: UInt32) {
+    public init(
+        product: ProductID, totals: WindowCounts, delta: WindowCounts, revision: UInt32, uniqueUsers: UniqueUsers = UniqueUsers(),
+        newUsers: UserHashes = UserHashes()
+    ) {
         self.product = product
         self.totals = totals
         self.delta = delta
         self.revision = revision
+        self.uniqueUsers = uniqueUsers
+        self.newUsers = newUsers
     }
 }
 
@@ -120,6 +154,8 @@ public enum IngestResult: Sendable, Hashable {
     /// A previous run already counted this event and wrote it out (see
     /// ``WindowAggregator/restore(windowStart:rows:)``): skipped.
     case alreadyCounted
+    /// An event with the same id and kind was already counted in the window: not counted again.
+    case duplicate
     /// Counting the event's revenue would take the window's revenue beyond
     /// ``WindowCounts/maximumRevenueMicros``: not counted. The caller reports it.
     case revenueOverflow(windowStart: Timestamp)
@@ -135,12 +171,15 @@ public struct RestoredRow: Hashable, Sendable {
     /// (product, window) at a lower offset is already counted. `0` when nothing of the partition
     /// is reflected.
     public var reflectedBefore: [Int64]
+    /// Distinct users as of that row.
+    public var uniqueUsers: UniqueUsers
 
-    public init(product: ProductID, totals: WindowCounts, revision: UInt32, reflectedBefore: [Int64]) {
+    public init(product: ProductID, totals: WindowCounts, revision: UInt32, reflectedBefore: [Int64], uniqueUsers: UniqueUsers = UniqueUsers()) {
         self.product = product
         self.totals = totals
         self.revision = revision
         self.reflectedBefore = reflectedBefore
+        self.uniqueUsers = uniqueUsers
     }
 }
 
@@ -172,6 +211,34 @@ public struct WindowAggregator: Sendable {
         var restoredPositions: UInt32
     }
 
+    /// The users of one (series, window); kept only for series whose events carry a user.
+    struct WindowUsers: Sendable {
+        var impressions: Set<UInt64> = []
+        var clicks: Set<UInt64> = []
+        /// Users first seen since the last emission.
+        var new = UserHashes()
+        /// Distinct users of the restored row, if any: the replay below its position rebuilds
+        /// the sets up to these.
+        var restored = UniqueUsers()
+
+        mutating func record(_ user: UInt64, _ kind: EventKind, isNew: Bool) {
+            switch kind {
+            case .impression:
+                if impressions.insert(user).inserted, isNew { new.impressions.append(user) }
+            case .click:
+                if clicks.insert(user).inserted, isNew { new.clicks.append(user) }
+            case .conversion:
+                break
+            }
+        }
+
+        var unique: UniqueUsers {
+            UniqueUsers(
+                impressions: max(restored.impressions, UInt64(impressions.count)), clicks: max(restored.clicks, UInt64(clicks.count))
+            )
+        }
+    }
+
     struct OpenWindow: Sendable {
         var products: [ProductID: ProductState] = [:]
         var dirtyProducts: [ProductID] = []
@@ -179,10 +246,21 @@ public struct WindowAggregator: Sendable {
         var pendingFrom: [Int64]
         /// Per partition, the partition's highest event time before `pendingFrom`.
         var pendingMaxBefore: [Int64?]
+        /// Users per series, for the series whose events carry one.
+        var users: [ProductID: WindowUsers] = [:]
+        /// Event ids (mixed with the event kind) counted in the window, when events carry one.
+        var seenEvents: Set<UInt64> = []
+        /// Per partition, the lowest offset of an event whose user or id the window remembers:
+        /// only a replay from there rebuilds ``users`` and ``seenEvents``. `Int64.max` when none.
+        var identityFrom: [Int64]
+        /// Per partition, the partition's highest event time before `identityFrom`.
+        var identityMaxBefore: [Int64?]
 
         init(partitionCount: Int) {
             pendingFrom = Array(repeating: .max, count: partitionCount)
             pendingMaxBefore = Array(repeating: nil, count: partitionCount)
+            identityFrom = pendingFrom
+            identityMaxBefore = pendingMaxBefore
         }
     }
 
@@ -225,13 +303,21 @@ public struct WindowAggregator: Sendable {
 
     /// Counts one event of `product` with event time `time`, read from `partition` at `offset`.
     /// Offsets of one partition must be ingested in increasing order.
+    ///
+    /// - Parameters:
+    ///   - user: the event's user (a stable hash), counted once per (series, window) among
+    ///     impressions and among clicks.
+    ///   - eventID: the event's id (a stable hash): an event whose id and kind the window
+    ///     already counted is a ``IngestResult/duplicate`` and is not counted.
     public mutating func ingest(
         _ kind: EventKind,
         _ product: ProductID,
         at time: Timestamp,
         from partition: SourcePartition,
         offset: Int64,
-        revenueMicros: UInt64 = 0
+        revenueMicros: UInt64 = 0,
+        user: UInt64? = nil,
+        eventID: UInt64? = nil
     ) -> IngestResult {
         let start = assigner.windowStart(for: time).milliseconds
         let end = start &+ configuration.windowSize.value
@@ -244,12 +330,14 @@ public struct WindowAggregator: Sendable {
         let outcome: OpenWindow.CountOutcome
         if let index = windows.index(forKey: start) {
             outcome = windows.values[index].count(
-                kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore, restoredPositions: restoredPositions
+                kind, product, revenueMicros, user: user, eventID: eventID, from: partition, offset: offset, maxBefore: maxBefore,
+                restoredPositions: restoredPositions
             )
         } else {
             var window = OpenWindow(partitionCount: watermarks.partitionCount)
             outcome = window.count(
-                kind, product, revenueMicros, from: partition, offset: offset, maxBefore: maxBefore, restoredPositions: restoredPositions
+                kind, product, revenueMicros, user: user, eventID: eventID, from: partition, offset: offset, maxBefore: maxBefore,
+                restoredPositions: restoredPositions
             )
             windows[start] = window
         }
@@ -257,6 +345,9 @@ public struct WindowAggregator: Sendable {
         case .alreadyCounted:
             watermarks.observe(time, on: partition)
             return .alreadyCounted
+        case .duplicate:
+            watermarks.observe(time, on: partition)
+            return .duplicate
         case .revenueOverflow:
             return .revenueOverflow(windowStart: Timestamp(milliseconds: start))
         case .countedNewProduct:
@@ -293,16 +384,25 @@ public struct WindowAggregator: Sendable {
             window.products[row.product] = ProductState(
                 counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false, restoredPositions: index
             )
+            if row.uniqueUsers != UniqueUsers() { window.users[row.product] = WindowUsers(restored: row.uniqueUsers) }
         }
         windows[windowStart.milliseconds] = window
     }
 
-    /// Lowest offset of `partition` whose event is counted but not yet emitted, if any, with
-    /// the partition's highest event time before it.
+    /// Lowest offset of `partition` a restart must replay from, if any, with the partition's
+    /// highest event time before it: the lowest offset whose event is counted but not yet
+    /// emitted, or, for windows that remember users or event ids, the lowest offset of such an
+    /// event in a window still open (the replay rebuilds those sets; the counts below a
+    /// restored row's position are skipped as already counted).
     public func lowestPendingOffset(of partition: SourcePartition) -> SourceOffset? {
         var lowest: SourceOffset?
-        for window in windows.values where window.pendingFrom[partition] < (lowest?.offset ?? .max) {
-            lowest = SourceOffset(partition: partition, offset: window.pendingFrom[partition], maxEventTimeBefore: window.pendingMaxBefore[partition])
+        for window in windows.values {
+            if window.pendingFrom[partition] < (lowest?.offset ?? .max) {
+                lowest = SourceOffset(partition: partition, offset: window.pendingFrom[partition], maxEventTimeBefore: window.pendingMaxBefore[partition])
+            }
+            if window.identityFrom[partition] < (lowest?.offset ?? .max) {
+                lowest = SourceOffset(partition: partition, offset: window.identityFrom[partition], maxEventTimeBefore: window.identityMaxBefore[partition])
+            }
         }
         return lowest
     }
@@ -377,16 +477,22 @@ public struct WindowAggregator: Sendable {
 }
 
 extension WindowAggregator.OpenWindow {
-    enum CountOutcome { case counted, countedNewProduct, alreadyCounted, revenueOverflow }
+    enum CountOutcome { case counted, countedNewProduct, alreadyCounted, duplicate, revenueOverflow }
 
     mutating func count(
-        _ kind: EventKind, _ product: ProductID, _ revenueMicros: UInt64, from partition: SourcePartition, offset: Int64, maxBefore: Int64?,
-        restoredPositions: [[Int64]]
+        _ kind: EventKind, _ product: ProductID, _ revenueMicros: UInt64, user: UInt64?, eventID: UInt64?, from partition: SourcePartition,
+        offset: Int64, maxBefore: Int64?, restoredPositions: [[Int64]]
     ) -> CountOutcome {
+        // The kind is part of an event's identity: a single-topic click shares its impression's id.
+        let seenKey = eventID.map { $0 ^ (UInt64(kind.rawValue) &* 0x9E37_79B9_7F4A_7C15) }
         let outcome: CountOutcome
         if let index = products.index(forKey: product) {
             let restored = products.values[index].restoredPositions
-            if restored != .max, offset < restoredPositions[Int(restored)][partition] { return .alreadyCounted }
+            if restored != .max, offset < restoredPositions[Int(restored)][partition] {
+                remember(user: user, seenKey: seenKey, kind, product, isNew: false, partition: partition, offset: offset, maxBefore: maxBefore)
+                return .alreadyCounted
+            }
+            if let seenKey, seenEvents.contains(seenKey) { return .duplicate }
             guard products.values[index].counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             products.values[index].counts.add(kind, revenueMicros: revenueMicros)
             if !products.values[index].isDirty {
@@ -395,6 +501,7 @@ extension WindowAggregator.OpenWindow {
             }
             outcome = .counted
         } else {
+            if let seenKey, seenEvents.contains(seenKey) { return .duplicate }
             var counts = WindowCounts()
             guard counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             counts.add(kind, revenueMicros: revenueMicros)
@@ -406,7 +513,23 @@ extension WindowAggregator.OpenWindow {
             pendingFrom[partition] = offset
             pendingMaxBefore[partition] = maxBefore
         }
+        remember(user: user, seenKey: seenKey, kind, product, isNew: true, partition: partition, offset: offset, maxBefore: maxBefore)
         return outcome
+    }
+
+    /// Records an event's user and id; `isNew` is false for an event a restored row already
+    /// reflects (its user was written out with an earlier revision).
+    mutating func remember(
+        user: UInt64?, seenKey: UInt64?, _ kind: EventKind, _ product: ProductID, isNew: Bool, partition: SourcePartition, offset: Int64,
+        maxBefore: Int64?
+    ) {
+        guard user != nil || seenKey != nil else { return }
+        if let seenKey { seenEvents.insert(seenKey) }
+        if let user { users[product, default: WindowAggregator.WindowUsers()].record(user, kind, isNew: isNew) }
+        if identityFrom[partition] == .max {
+            identityFrom[partition] = offset
+            identityMaxBefore[partition] = maxBefore
+        }
     }
 
     mutating func emit(start: Int64, end: Int64) -> WindowEmission? {
@@ -417,7 +540,18 @@ extension WindowAggregator.OpenWindow {
         for product in dirtyProducts {
             guard let index = products.index(forKey: product) else { continue }
             let state = products.values[index]
-            rows.append(WindowRow(product: product, totals: state.counts, delta: state.counts - state.emitted, revision: state.nextRevision))
+            var uniqueUsers = UniqueUsers()
+            var newUsers = UserHashes()
+            if let usersIndex = users.index(forKey: product) {
+                uniqueUsers = users.values[usersIndex].unique
+                swap(&newUsers, &users.values[usersIndex].new)
+            }
+            rows.append(
+                WindowRow(
+                    product: product, totals: state.counts, delta: state.counts - state.emitted, revision: state.nextRevision,
+                    uniqueUsers: uniqueUsers, newUsers: newUsers
+                )
+            )
             products.values[index].emitted = state.counts
             products.values[index].nextRevision = state.nextRevision &+ 1
             products.values[index].isDirty = false

@@ -26,6 +26,9 @@ public final class ClickHouseResultsStore: ResultsStore {
     /// The largest number of rows a batch may have; the block-size settings of every insert
     /// are pinned to at least this, so a batch is one block.
     public let maxBatchRows: Int
+    /// The dimension columns written with every row (`--dimensions`), in the order of
+    /// ``ResultRow/dimensions``.
+    public let dimensions: [String]
     private let logger: Logger
     private let sleep: (Duration) -> Void
     private let session: String
@@ -39,6 +42,7 @@ public final class ClickHouseResultsStore: ResultsStore {
         consumerGroup: String,
         policy: RetryPolicy,
         maxBatchRows: Int,
+        dimensions: [String] = [],
         logger: Logger,
         sleep: @escaping (Duration) -> Void = threadSleep
     ) throws(StoreError) {
@@ -51,6 +55,7 @@ public final class ClickHouseResultsStore: ResultsStore {
         self.consumerGroup = consumerGroup
         self.policy = policy
         self.maxBatchRows = maxBatchRows
+        self.dimensions = dimensions
         self.logger = logger
         self.sleep = sleep
         var random = SystemRandomNumberGenerator()
@@ -81,6 +86,40 @@ public final class ClickHouseResultsStore: ResultsStore {
                 "tables \(missing.sorted().joined(separator: ", ")) do not exist in database \(database): run "
                     + "`schema-tool migrate --clickhouse-url \(ClickHouseEndpoint.redacted(connection.endpoint.url)) --database \(database)` first"
             )
+        }
+        try checkColumns()
+    }
+
+    /// Every column this writer writes exists in the results table with its type.
+    private func checkColumns() throws(StoreError) {
+        let database = connection.endpoint.database
+        let lines = try retrying("read the columns of \(ResultsTable.results)") { connection throws(ClickHouseError) in
+            try connection.execute(
+                "SELECT name, type FROM system.columns WHERE database = \(sqlStringLiteral(database)) AND table = "
+                    + sqlStringLiteral(ResultsTable.results),
+                useDatabase: false
+            ).lines
+        }
+        var present: [String: String] = [:]
+        for line in lines {
+            let fields = line.split(separator: "\t", maxSplits: 1)
+            if fields.count == 2 { present[TabSeparated.unescape(fields[0])] = TabSeparated.unescape(fields[1]) }
+        }
+        let migrate = "run `schema-tool migrate --clickhouse-url \(ClickHouseEndpoint.redacted(connection.endpoint.url)) --database \(database)`"
+        for column in ResultsTable.rowColumns(dimensions: dimensions) {
+            guard let type = present[column.name] else {
+                if dimensions.contains(column.name) {
+                    throw StoreError(
+                        "dimension \(column.name) has no column in \(database).\(ResultsTable.results): \(migrate) (it creates "
+                            + ResultsTable.standardDimensions.joined(separator: ", ") + "), or add it with `ALTER TABLE "
+                            + "\(database).\(ResultsTable.results) ADD COLUMN \(column.name) String DEFAULT ''`"
+                    )
+                }
+                throw StoreError("column \(column.name) is missing from \(database).\(ResultsTable.results): \(migrate)")
+            }
+            guard type == column.type || (column.type == "DateTime('UTC')" && type.hasPrefix("DateTime")) else {
+                throw StoreError("column \(database).\(ResultsTable.results).\(column.name) is \(type), this version writes \(column.type)")
+            }
         }
     }
 
@@ -131,14 +170,16 @@ public final class ClickHouseResultsStore: ResultsStore {
         }
         guard let bound else { return [] }
         let after = "toDateTime(\(bound), 'UTC')"
+        let dimensionColumns = dimensions.map { ", " + sqlIdentifier($0) }.joined()
         let rows = try retrying("read back windows") { connection throws(ClickHouseError) in
             try connection.execute(
                 """
                 SELECT product_id, toUnixTimestamp(window_start), max(revision), argMax(impressions, revision), \
                 argMax(clicks, revision), argMax(conversions, revision), toString(argMax(revenue, revision)), \
                 argMax(batch_id, revision), arrayStringConcat(argMax(source_partitions, revision), ','), \
-                arrayStringConcat(arrayMap(x -> toString(x), argMax(source_offsets, revision)), ',') \
-                FROM \(ResultsTable.results) WHERE window_end > \(after) GROUP BY window_start, product_id
+                arrayStringConcat(arrayMap(x -> toString(x), argMax(source_offsets, revision)), ','), \
+                argMax(unique_impression_users, revision), argMax(unique_click_users, revision)\(dimensionColumns) \
+                FROM \(ResultsTable.results) WHERE window_end > \(after) GROUP BY window_start, product_id\(dimensionColumns)
                 """,
                 settings: Self.completeAnswer
             ).lines
@@ -163,8 +204,9 @@ public final class ClickHouseResultsStore: ResultsStore {
         var restored: [StoredWindowRow] = []
         for line in rows {
             let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
-            guard fields.count == 10, let start = Int64(fields[1]), let revision = UInt32(fields[2]), let impressions = UInt64(fields[3]),
-                let clicks = UInt64(fields[4]), let conversions = UInt64(fields[5]), let revenue = DecimalText.micros(fields[6])
+            guard fields.count == 12 + dimensions.count, let start = Int64(fields[1]), let revision = UInt32(fields[2]),
+                let impressions = UInt64(fields[3]), let clicks = UInt64(fields[4]), let conversions = UInt64(fields[5]),
+                let revenue = DecimalText.micros(fields[6]), let impressionUsers = UInt64(fields[10]), let clickUsers = UInt64(fields[11])
             else { throw StoreError("unexpected answer reading \(ResultsTable.results): \(line)") }
             let reflected: [String: Int64]
             if fields[8].isEmpty {
@@ -179,10 +221,12 @@ public final class ClickHouseResultsStore: ResultsStore {
             restored.append(
                 StoredWindowRow(
                     productID: TabSeparated.unescape(fields[0]),
+                    dimensions: fields[12...].map { TabSeparated.unescape($0) },
                     windowStart: Timestamp(milliseconds: start * 1000),
                     totals: WindowCounts(impressions: impressions, clicks: clicks, conversions: conversions, revenueMicros: revenue),
                     revision: revision,
-                    reflectedBefore: reflected
+                    reflectedBefore: reflected,
+                    uniqueUsers: UniqueUsers(impressions: impressionUsers, clicks: clickUsers)
                 )
             )
         }
@@ -289,10 +333,11 @@ public final class ClickHouseResultsStore: ResultsStore {
     private func send(_ batch: ResultBatch, body: [UInt8], attempt: Int) throws(AttemptFailure) {
         let session = ["session_id": session, "session_timeout": "600"]
         let blocks = String(max(maxBatchRows, 65_536))
-        let columns = ResultsTable.rowColumns.map(\.name).joined(separator: ", ")
+        let rowColumns = ResultsTable.rowColumns(dimensions: dimensions)
+        let columns = rowColumns.map { sqlIdentifier($0.name) }.joined(separator: ", ")
         do throws(ClickHouseError) {
             if !stagingReady {
-                let definition = ResultsTable.rowColumns.map { "\($0.name) \($0.type)" }.joined(separator: ", ")
+                let definition = rowColumns.map { "\(sqlIdentifier($0.name)) \($0.type)" }.joined(separator: ", ")
                 _ = try connection.execute(
                     "CREATE TEMPORARY TABLE IF NOT EXISTS \(ResultsTable.staging) (\(definition)) ENGINE = Memory", settings: session
                 )

@@ -51,7 +51,9 @@ public final class InMemoryResultsStore: ResultsStore, Sendable {
             guard let bound else { return [] }
             var latest: [String: StoredRow] = [:]
             for stored in state.rows where stored.row.windowEnd > bound {
-                let key = "\(stored.row.windowStart.milliseconds)/" + stored.row.productID.utf8.map { String($0) }.joined(separator: ".")
+                let key = "\(stored.row.windowStart.milliseconds)/"
+                    + ([stored.row.productID] + stored.row.dimensions).map { $0.utf8.map { String($0) }.joined(separator: ".") }
+                    .joined(separator: "/")
                 if let existing = latest[key], existing.row.revision >= stored.row.revision { continue }
                 latest[key] = stored
             }
@@ -60,8 +62,8 @@ public final class InMemoryResultsStore: ResultsStore, Sendable {
                 let reflected = Dictionary(batch.positions.map { ($0.partition, $0.nextOffset) }, uniquingKeysWith: max)
                 guard reflected.keys.contains(where: ours.contains) else { return nil }
                 return StoredWindowRow(
-                    productID: stored.row.productID, windowStart: stored.row.windowStart, totals: stored.row.totals,
-                    revision: stored.row.revision, reflectedBefore: reflected
+                    productID: stored.row.productID, dimensions: stored.row.dimensions, windowStart: stored.row.windowStart,
+                    totals: stored.row.totals, revision: stored.row.revision, reflectedBefore: reflected, uniqueUsers: stored.row.uniqueUsers
                 )
             }
         }

@@ -1,10 +1,12 @@
 import CTRWindows
 
-/// One row of `ctr_results_raw`, ready to write: a product's counts in a window as of one
+/// One row of `ctr_results_raw`, ready to write: a series' counts in a window as of one
 /// emission.
 public struct ResultRow: Sendable, Hashable {
     /// The product id, byte for byte as received.
     public var productID: String
+    /// Values of the configured dimensions, in the order of the store's dimension columns.
+    public var dimensions: [String]
     public var windowStart: Timestamp
     public var windowEnd: Timestamp
     /// Cumulative counts of the window as of this emission.
@@ -14,12 +16,21 @@ public struct ResultRow: Sendable, Hashable {
     public var revision: UInt32
     /// Processing time of the emission.
     public var emittedAt: Timestamp
+    /// Distinct users of the window as of this emission.
+    public var uniqueUsers: UniqueUsers
+    /// Users first seen in the window since its previous emission (they feed the roll-ups'
+    /// `uniqCombined` sketches).
+    public var newUsers: UserHashes
 
     public init(
-        productID: String, windowStart: Timestamp, windowEnd: Timestamp, totals: WindowCounts, delta: WindowCounts,
-        revision: UInt32, emittedAt: Timestamp
+        productID: String, dimensions: [String] = [], windowStart: Timestamp, windowEnd: Timestamp, totals: WindowCounts,
+        delta: WindowCounts, revision: UInt32, emittedAt: Timestamp, uniqueUsers: UniqueUsers = UniqueUsers(),
+        newUsers: UserHashes = UserHashes()
     ) {
         self.productID = productID
+        self.dimensions = dimensions
+        self.uniqueUsers = uniqueUsers
+        self.newUsers = newUsers
         self.windowStart = windowStart
         self.windowEnd = windowEnd
         self.totals = totals
@@ -29,9 +40,13 @@ public struct ResultRow: Sendable, Hashable {
     }
 
     public static func == (lhs: ResultRow, rhs: ResultRow) -> Bool {
-        lhs.productID.utf8.elementsEqual(rhs.productID.utf8) && lhs.windowStart == rhs.windowStart
+        lhs.productID.utf8.elementsEqual(rhs.productID.utf8)
+            && lhs.dimensions.count == rhs.dimensions.count
+            && zip(lhs.dimensions, rhs.dimensions).allSatisfy { $0.utf8.elementsEqual($1.utf8) }
+            && lhs.windowStart == rhs.windowStart
             && lhs.windowEnd == rhs.windowEnd && lhs.totals == rhs.totals && lhs.delta == rhs.delta
-            && lhs.revision == rhs.revision && lhs.emittedAt == rhs.emittedAt
+            && lhs.revision == rhs.revision && lhs.emittedAt == rhs.emittedAt && lhs.uniqueUsers == rhs.uniqueUsers
+            && lhs.newUsers == rhs.newUsers
     }
 
     public func hash(into hasher: inout Hasher) {
@@ -114,11 +129,11 @@ public struct ResultBatch: Sendable, Equatable {
 }
 
 /// Result rows as ClickHouse input: `RowBinary` (what the sink sends) or `JSONEachRow`, in the
-/// columns of ``ResultsTable/rowColumns``.
+/// columns of ``ResultsTable/rowColumns(dimensions:)``.
 public enum ResultRowEncoder {
     /// The body of a `FORMAT RowBinary` insert of `batch`'s rows: little-endian fixed-width
     /// numbers, `DateTime` as UInt32 seconds, `Decimal(18, 6)` as Int64 micro-units, strings as
-    /// a LEB128 length and the bytes.
+    /// a LEB128 length and the bytes, arrays as a LEB128 count and the elements.
     public static func rowBinary(_ batch: ResultBatch) -> [UInt8] {
         var body: [UInt8] = []
         body.reserveCapacity(batch.rowCount * 140)
@@ -141,8 +156,30 @@ public enum ResultRowEncoder {
             appendFixed(row.revision, to: &body)
             appendFixed(UInt32(truncatingIfNeeded: row.emittedAt.epochSeconds), to: &body)
             idBytes.withUnsafeBufferPointer { appendString($0, to: &body) }
+            appendFixed(row.uniqueUsers.impressions, to: &body)
+            appendFixed(row.uniqueUsers.clicks, to: &body)
+            appendArray(row.newUsers.impressions, to: &body)
+            appendArray(row.newUsers.clicks, to: &body)
+            for var value in row.dimensions { value.withUTF8 { appendString($0, to: &body) } }
         }
         return body
+    }
+
+    @inline(__always)
+    private static func appendArray(_ values: [UInt64], to body: inout [UInt8]) {
+        appendLength(values.count, to: &body)
+        for value in values { appendFixed(value, to: &body) }
+    }
+
+    @inline(__always)
+    private static func appendLength(_ count: Int, to body: inout [UInt8]) {
+        var length = count
+        repeat {
+            var byte = UInt8(length & 0x7F)
+            length >>= 7
+            if length > 0 { byte |= 0x80 }
+            body.append(byte)
+        } while length > 0
     }
 
     @inline(__always)
@@ -152,25 +189,19 @@ public enum ResultRowEncoder {
 
     @inline(__always)
     private static func appendString(_ bytes: UnsafeBufferPointer<UInt8>, to body: inout [UInt8]) {
-        var length = bytes.count
-        repeat {
-            var byte = UInt8(length & 0x7F)
-            length >>= 7
-            if length > 0 { byte |= 0x80 }
-            body.append(byte)
-        } while length > 0
+        appendLength(bytes.count, to: &body)
         body.append(contentsOf: bytes)
     }
 
-    /// The body of an insert of `batch`'s rows.
-    public static func jsonEachRow(_ batch: ResultBatch) -> [UInt8] {
+    /// The body of an insert of `batch`'s rows, with the dimension columns `dimensions`.
+    public static func jsonEachRow(_ batch: ResultBatch, dimensions: [String] = []) -> [UInt8] {
         var body: [UInt8] = []
         body.reserveCapacity(batch.rowCount * 300)
-        for row in batch.rows { append(row, batchID: batch.id, to: &body) }
+        for row in batch.rows { append(row, batchID: batch.id, dimensions: dimensions, to: &body) }
         return body
     }
 
-    static func append(_ row: ResultRow, batchID: String, to body: inout [UInt8]) {
+    static func append(_ row: ResultRow, batchID: String, dimensions: [String], to body: inout [UInt8]) {
         body.append(contentsOf: #"{"product_id":"#.utf8)
         JSONText.appendString(row.productID, to: &body)
         body.append(contentsOf: #","window_start":""#.utf8)
@@ -194,6 +225,19 @@ public enum ResultRowEncoder {
         DateTimeText.append(row.emittedAt.epochSeconds, to: &body)
         body.append(contentsOf: #"","batch_id":"#.utf8)
         JSONText.appendString(batchID, to: &body)
+        appendField(#","unique_impression_users":"#, row.uniqueUsers.impressions, &body)
+        appendField(#","unique_click_users":"#, row.uniqueUsers.clicks, &body)
+        body.append(contentsOf: #","impression_user_hashes":["#.utf8)
+        body.append(contentsOf: row.newUsers.impressions.map(String.init).joined(separator: ",").utf8)
+        body.append(contentsOf: #"],"click_user_hashes":["#.utf8)
+        body.append(contentsOf: row.newUsers.clicks.map(String.init).joined(separator: ",").utf8)
+        body.append(UInt8(ascii: "]"))
+        for (name, value) in zip(dimensions, row.dimensions) {
+            body.append(UInt8(ascii: ","))
+            JSONText.appendString(name, to: &body)
+            body.append(UInt8(ascii: ":"))
+            JSONText.appendString(value, to: &body)
+        }
         body.append(contentsOf: "}\n".utf8)
     }
 

@@ -1,19 +1,28 @@
 import ClickHouseHTTP
 import CTRWindows
 
-/// The latest durable row of a (product, window), as read back when partitions are assigned,
+/// The latest durable row of a (series, window), as read back when partitions are assigned,
 /// with which events it reflects.
 public struct StoredWindowRow: Sendable, Hashable {
     public var productID: String
+    /// Values of the store's dimension columns, in their order.
+    public var dimensions: [String]
     public var windowStart: Timestamp
     public var totals: WindowCounts
     public var revision: UInt32
     /// Per `topic:partition`, the first offset the row does not reflect: every event of the
     /// (product, window) from that partition at a lower offset is counted in ``totals``.
     public var reflectedBefore: [String: Int64]
+    /// Distinct users as of that row.
+    public var uniqueUsers: UniqueUsers
 
-    public init(productID: String, windowStart: Timestamp, totals: WindowCounts, revision: UInt32, reflectedBefore: [String: Int64]) {
+    public init(
+        productID: String, dimensions: [String] = [], windowStart: Timestamp, totals: WindowCounts, revision: UInt32,
+        reflectedBefore: [String: Int64], uniqueUsers: UniqueUsers = UniqueUsers()
+    ) {
         self.productID = productID
+        self.dimensions = dimensions
+        self.uniqueUsers = uniqueUsers
         self.windowStart = windowStart
         self.totals = totals
         self.revision = revision

@@ -12,9 +12,17 @@ public enum ResultsTable {
     /// moves them, fence checked, into ``results``.
     static let staging = "ctr_staging"
 
+    /// The dimension columns migration 0010 creates (`String DEFAULT ''`). `--dimensions` may
+    /// name any `String` column of ``results``; others are added with `ALTER TABLE`.
+    public static let standardDimensions = ["campaign_id", "country", "device_type"]
+
     /// The columns of ``results`` written for every row, with their types, in the order of
-    /// ``ResultRowEncoder``.
-    public static let rowColumns: [(name: String, type: String)] = [
+    /// ``ResultRowEncoder``: the fixed columns, then the dimension columns in `dimensions`' order.
+    public static func rowColumns(dimensions: [String] = []) -> [(name: String, type: String)] {
+        fixedRowColumns + dimensions.map { ($0, "String") }
+    }
+
+    static let fixedRowColumns: [(name: String, type: String)] = [
         ("product_id", "String"),
         ("window_start", "DateTime('UTC')"),
         ("window_end", "DateTime('UTC')"),
@@ -30,6 +38,10 @@ public enum ResultsTable {
         ("revision", "UInt32"),
         ("emitted_at", "DateTime('UTC')"),
         ("batch_id", "String"),
+        ("unique_impression_users", "UInt64"),
+        ("unique_click_users", "UInt64"),
+        ("impression_user_hashes", "Array(UInt64)"),
+        ("click_user_hashes", "Array(UInt64)"),
     ]
 
     /// Columns of ``batches``.

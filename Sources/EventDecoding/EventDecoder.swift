@@ -17,17 +17,39 @@ public struct DecodedEvent: Sendable, Hashable {
     public var revenueMicros: UInt64
     /// Single-topic mode: whether the impression was clicked.
     public var clicked: Bool
+    /// Values of the decoder's ``EventDecoder/dimensionFields``, in their order: a string as
+    /// received (byte for byte), an integer as its JSON text, `""` when the field is absent.
+    /// Empty when no dimensions are configured.
+    public var dimensions: [String]
+    /// ``StableHash`` of the `user_id` text (a string's bytes, an integer's JSON text); `nil`
+    /// when the event has no user (field absent or `null`).
+    public var user: UInt64?
+    /// ``StableHash`` of the deduplication field's text (see ``EventDecoder/deduplicationField``);
+    /// `nil` when no field is configured or the event has none.
+    public var eventID: UInt64?
 
-    public init(product: ProductKey, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
+    public init(
+        product: ProductKey, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false, dimensions: [String] = [],
+        user: UInt64? = nil, eventID: UInt64? = nil
+    ) {
         self.product = product
         self.timestamp = timestamp
         self.revenueMicros = revenueMicros
         self.clicked = clicked
+        self.dimensions = dimensions
+        self.user = user
+        self.eventID = eventID
     }
 
     /// An event of the product whose id is `productID` (compared byte for byte as a ``ProductKey``).
-    public init(productID: String, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false) {
-        self.init(product: ProductKey(productID), timestamp: timestamp, revenueMicros: revenueMicros, clicked: clicked)
+    public init(
+        productID: String, timestamp: Timestamp, revenueMicros: UInt64 = 0, clicked: Bool = false, dimensions: [String] = [],
+        user: UInt64? = nil, eventID: UInt64? = nil
+    ) {
+        self.init(
+            product: ProductKey(productID), timestamp: timestamp, revenueMicros: revenueMicros, clicked: clicked, dimensions: dimensions,
+            user: user, eventID: eventID
+        )
     }
 }
 
@@ -48,13 +70,22 @@ public enum EventShape: Sendable, Hashable {
 /// ``maximumFuture`` ahead of the processing time passed to `decode`; optional `event_type`,
 /// which must equal the expected kind (`"impression"`, `"click"` or `"conversion"`); optional
 /// `revenue` on clicks and conversions (a non-negative decimal number with at most 6 decimals,
-/// at most ``maximumRevenueMicros``, kept exactly as integer micro-units); every other field is
-/// ignored, but the whole value must still be well-formed JSON and valid UTF-8.
+/// at most ``maximumRevenueMicros``, kept exactly as integer micro-units); optional `user_id`
+/// (string, integer or `null`); the configured ``dimensionFields`` (string or integer, at most
+/// ``maximumDimensionBytes``, absent = `""`) and ``deduplicationField`` (string, integer or
+/// `null`); every other field is ignored, but the whole value must still be well-formed JSON
+/// and valid UTF-8.
 ///
 /// Pure: no clock, no I/O. It scans the bytes once and allocates only the product id string
 /// (not at all for ids of up to 15 bytes).
 public struct EventDecoder: Sendable {
     public static let maximumProductIDBytes = 256
+    /// Longest accepted dimension value, in bytes of UTF-8 (or of an integer's text).
+    public static let maximumDimensionBytes = 256
+    /// Most dimensions a window key may have besides the product.
+    public static let maximumDimensionCount = 8
+    /// The field whose distinct values are counted as unique users.
+    public static let userField = "user_id"
 
     /// Largest accepted `revenue` of one event, in micro-units: 1,000,000 currency units
     /// (10^12 micros).
@@ -82,6 +113,11 @@ public struct EventDecoder: Sendable {
     /// ``RejectionReason/timestampInFuture``: counted, one of them would move its partition's
     /// watermark past every real event and pin its offset until the clock catches up.
     public var maximumFuture: Milliseconds
+    /// Top-level fields whose values, with the product, form the window key (at most
+    /// ``maximumDimensionCount``; see ``DecodedEvent/dimensions``).
+    public let dimensionFields: [String]
+    /// The field that identifies an event for deduplication (`--dedup-field`), if any.
+    public let deduplicationField: String?
 
     /// 2000-01-01T00:00:00Z through 2100-01-01T00:00:00Z.
     public static let defaultTimestampRange: ClosedRange<Int64> = 946_684_800_000...4_102_444_800_000
@@ -90,13 +126,47 @@ public struct EventDecoder: Sendable {
         maximumMessageBytes: Int = 64 * 1024,
         maximumDepth: Int = 16,
         timestampRange: ClosedRange<Int64> = EventDecoder.defaultTimestampRange,
-        maximumFuture: Milliseconds = EventDecoder.defaultMaximumFuture
+        maximumFuture: Milliseconds = EventDecoder.defaultMaximumFuture,
+        dimensionFields: [String] = [],
+        deduplicationField: String? = nil
     ) {
         self.maximumMessageBytes = maximumMessageBytes
         self.maximumDepth = maximumDepth
         self.timestampRange = timestampRange
         self.maximumFuture = maximumFuture
+        self.dimensionFields = dimensionFields
+        self.deduplicationField = deduplicationField
+        fieldNames = FieldNames(dimensions: dimensionFields, deduplication: deduplicationField)
     }
+
+    /// The byte spellings of the optional fields, computed once.
+    private var fieldNames: FieldNames
+
+    /// Checks the names given to `--dimensions` and `--dedup-field`: at most
+    /// ``maximumDimensionCount`` distinct dimensions, each a plain identifier (letters, digits
+    /// and `_`, not starting with a digit, so that it can name a ClickHouse column), none of
+    /// them a field the contract already gives a meaning to.
+    public static func validateFieldNames(dimensions: [String], deduplicationField: String?, clickField: String?) throws(FieldNameError) {
+        guard dimensions.count <= maximumDimensionCount else {
+            throw FieldNameError("--dimensions names \(dimensions.count) fields; at most \(maximumDimensionCount) are allowed")
+        }
+        let reserved = ["product_id", "timestamp", "event_type", "revenue", userField] + (clickField.map { [$0] } ?? [])
+        var seen: Set<String> = []
+        for name in dimensions + (deduplicationField.map { [$0] } ?? []) {
+            let flag = dimensions.contains(name) ? "--dimensions" : "--dedup-field"
+            guard let first = name.utf8.first, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first),
+                name.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) })
+            else {
+                throw FieldNameError("\(flag): \(Self.quoted(name)) is not a field name: use letters, digits and _, not starting with a digit")
+            }
+            guard !reserved.contains(name) else {
+                throw FieldNameError("\(flag): \(name) already has a meaning in the event contract; name another field")
+            }
+            guard seen.insert(name).inserted else { throw FieldNameError("\(flag): \(name) is named twice") }
+        }
+    }
+
+    static func quoted(_ text: String) -> String { JSONScanner.quoted(text) }
 
     /// Decodes `bytes` as an event of kind `expected`, received at processing time `now`.
     public func decode(_ bytes: UnsafeRawBufferPointer, expecting expected: EventKind, now: Timestamp) -> Result<DecodedEvent, Rejection> {
@@ -110,7 +180,7 @@ public struct EventDecoder: Sendable {
         guard bytes.count <= maximumMessageBytes else {
             return .failure(Rejection(.tooLarge, "value is \(bytes.count) bytes, the limit is \(maximumMessageBytes)"))
         }
-        var scanner = JSONScanner(bytes: bytes, maximumDepth: maximumDepth)
+        var scanner = JSONScanner(bytes: bytes, maximumDepth: maximumDepth, names: fieldNames)
         do {
             return .success(try scanner.event(shape: shape, timestampRange: timestampRange, now: now, maximumFuture: maximumFuture))
         } catch {
@@ -144,18 +214,38 @@ private let quote = UInt8(ascii: "\"")
 private let backslash = UInt8(ascii: "\\")
 
 /// A single-pass JSON scanner over bytes, strict per RFC 8259.
+/// A field name given to `--dimensions` or `--dedup-field` that cannot be used, and why.
+public struct FieldNameError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+
+    public init(_ description: String) { self.description = description }
+}
+
+/// Names of the optional fields a decoder looks for, as bytes.
+struct FieldNames: Sendable {
+    var dimensions: [[UInt8]]
+    var deduplication: [UInt8]?
+
+    init(dimensions: [String], deduplication: String?) {
+        self.dimensions = dimensions.map { Array($0.utf8) }
+        self.deduplication = deduplication.map { Array($0.utf8) }
+    }
+}
+
 struct JSONScanner {
     let bytes: UnsafeRawBufferPointer
     let maximumDepth: Int
+    let names: FieldNames
     var index = 0
 
-    init(bytes: UnsafeRawBufferPointer, maximumDepth: Int) {
+    init(bytes: UnsafeRawBufferPointer, maximumDepth: Int, names: FieldNames = FieldNames(dimensions: [], deduplication: nil)) {
         self.bytes = bytes
         self.maximumDepth = maximumDepth
+        self.names = names
     }
 
     private enum Field {
-        case productID, timestamp, eventType, revenue, clickFlag, other
+        case productID, timestamp, eventType, revenue, clickFlag, user, eventID, dimension(Int), other
     }
 
     mutating func event(
@@ -186,6 +276,9 @@ struct JSONScanner {
         var sawEventType = false
         var revenue: UInt64?
         var clicked: Bool?
+        var dimensions: [String?] = names.dimensions.isEmpty ? [] : Array(repeating: nil, count: names.dimensions.count)
+        var user: UInt64??
+        var eventID: UInt64??
         skipWhitespace()
         if peek() == UInt8(ascii: "}") {
             index += 1
@@ -215,6 +308,17 @@ struct JSONScanner {
                 case .clickFlag:
                     guard clicked == nil else { throw Rejection(.duplicateField, "the click field appears twice") }
                     clicked = try clickFlagValue()
+                case .user:
+                    guard user == nil else { throw Rejection(.duplicateField, "\(EventDecoder.userField) appears twice") }
+                    user = .some(try identityValue(EventDecoder.userField))
+                case .eventID:
+                    guard eventID == nil else { throw Rejection(.duplicateField, "\(fieldName(names.deduplication)) appears twice") }
+                    eventID = .some(try identityValue(fieldName(names.deduplication)))
+                case .dimension(let position):
+                    guard dimensions[position] == nil else {
+                        throw Rejection(.duplicateField, "\(fieldName(names.dimensions[position])) appears twice")
+                    }
+                    dimensions[position] = try dimensionValue(fieldName(names.dimensions[position]))
                 case .other:
                     try skipValue(depth: 1)
                 }
@@ -247,7 +351,10 @@ struct JSONScanner {
         if clickField != nil && clicked == nil {
             throw Rejection(.missingField, "the click field \(String(decoding: clickField!, as: UTF8.self)) is required in single-topic mode")
         }
-        return DecodedEvent(product: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false)
+        return DecodedEvent(
+            product: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false,
+            dimensions: dimensions.map { $0 ?? "" }, user: user ?? nil, eventID: eventID ?? nil
+        )
     }
 
     // MARK: Fields
@@ -258,18 +365,85 @@ struct JSONScanner {
         let (end, escaped) = try scanString()
         if escaped {
             let name = Array(try unescape(start, end).utf8)
-            return name.withUnsafeBytes { Self.field(named: $0, clickField: clickField) }
+            return name.withUnsafeBytes { field(named: $0, clickField: clickField) }
         }
-        return Self.field(named: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), clickField: clickField)
+        return field(named: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), clickField: clickField)
     }
 
-    private static func field(named name: UnsafeRawBufferPointer, clickField: [UInt8]?) -> Field {
+    private func field(named name: UnsafeRawBufferPointer, clickField: [UInt8]?) -> Field {
         if let clickField, name.elementsEqual(clickField) { return .clickFlag }
-        if equals(name, "product_id") { return .productID }
-        if equals(name, "timestamp") { return .timestamp }
-        if equals(name, "event_type") { return .eventType }
-        if equals(name, "revenue") { return .revenue }
+        if Self.equals(name, "product_id") { return .productID }
+        if Self.equals(name, "timestamp") { return .timestamp }
+        if Self.equals(name, "event_type") { return .eventType }
+        if Self.equals(name, "revenue") { return .revenue }
+        for position in names.dimensions.indices where name.elementsEqual(names.dimensions[position]) { return .dimension(position) }
+        if let deduplication = names.deduplication, name.elementsEqual(deduplication) { return .eventID }
+        if Self.equals(name, "user_id") { return .user }
         return .other
+    }
+
+    private func fieldName(_ bytes: [UInt8]?) -> String { String(decoding: bytes ?? [], as: UTF8.self) }
+
+    /// A dimension value: a string (at most ``EventDecoder/maximumDimensionBytes``) or an
+    /// integer, as text.
+    private mutating func dimensionValue(_ name: String) throws(Rejection) -> String {
+        guard let text = try scalarText() else {
+            throw Rejection(.invalidDimension, "dimension \(name) must be a string or an integer, found \(describeValueStart())")
+        }
+        guard text.utf8.count <= EventDecoder.maximumDimensionBytes else {
+            throw Rejection(
+                .invalidDimension, "dimension \(name) is \(text.utf8.count) bytes, the limit is \(EventDecoder.maximumDimensionBytes)"
+            )
+        }
+        return text
+    }
+
+    /// An identity (`user_id`, the deduplication field): a string or an integer, hashed with
+    /// ``StableHash``; `null` is no identity.
+    private mutating func identityValue(_ name: String) throws(Rejection) -> UInt64? {
+        if peek() == UInt8(ascii: "n") {
+            try literal("null")
+            return nil
+        }
+        guard let first = peek(), first == quote || first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else {
+            throw Rejection(.wrongType, "\(name) must be a string, an integer or null, found \(describeValueStart())")
+        }
+        if first == quote {
+            let start = index + 1
+            let (end, escaped) = try scanString()
+            if escaped {
+                var text = try unescape(start, end)
+                return text.withUTF8 { StableHash.hash(UnsafeRawBufferPointer($0)) }
+            }
+            return StableHash.hash(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        }
+        let start = index
+        try skipNumber()
+        let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
+        guard !text.contains(UInt8(ascii: ".")) && !text.contains(UInt8(ascii: "e")) && !text.contains(UInt8(ascii: "E")) else {
+            throw Rejection(.wrongType, "\(name) must be a string or an integer, found \(String(decoding: text.prefix(32), as: UTF8.self))")
+        }
+        return StableHash.hash(text)
+    }
+
+    /// The text of a string (unescaped) or integer value; `nil` (nothing consumed) for any
+    /// other value, and for numbers with a fraction or exponent (consumed).
+    private mutating func scalarText() throws(Rejection) -> String? {
+        guard let first = peek() else { return nil }
+        if first == quote {
+            let start = index + 1
+            let (end, escaped) = try scanString()
+            return escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+        }
+        guard first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else { return nil }
+        let start = index
+        try skipNumber()
+        let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
+        guard !text.contains(UInt8(ascii: ".")) && !text.contains(UInt8(ascii: "e")) && !text.contains(UInt8(ascii: "E")) else {
+            index = start
+            return nil
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// `revenue`: a non-negative decimal JSON number with at most 6 decimals and no exponent,

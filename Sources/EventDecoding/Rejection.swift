@@ -33,6 +33,9 @@ public enum RejectionReason: String, Sendable, Hashable, CaseIterable {
     case invalidRevenue = "invalid_revenue"
     /// The click flag of a single-topic event is not 0, 1, true or false.
     case invalidClickFlag = "invalid_click_flag"
+    /// A dimension field (`--dimensions`) is neither a string nor an integer, or is longer than
+    /// ``EventDecoder/maximumDimensionBytes``.
+    case invalidDimension = "invalid_dimension"
     /// The event's window had closed (watermark past window end + allowed lateness).
     case tooLate = "too_late"
 }

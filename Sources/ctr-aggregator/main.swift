@@ -72,6 +72,10 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Latest accepted event time, epoch ms. (default: \(EventDecoder.defaultTimestampRange.upperBound) = 2100-01-01)") var maxTimestampMs: Int64?
     @Option(help: "How far an event time may be ahead of processing time before it is refused as timestamp_in_future, ms. (default: \(EventDecoder.defaultMaximumFuture.value))")
     var maxFutureMs: Int64?
+    @Option(help: "Comma-separated event fields (string or integer, at most 8) that join product_id in the window key, e.g. campaign_id,country,device_type; each needs a String column of that name in ctr_results_raw. (default: none)")
+    var dimensions: String?
+    @Option(help: "Event field that identifies an event: an event whose id its window already counted is not counted again. (default: none)")
+    var dedupField: String?
     @Option(help: "Rows per insert batch, at most; a batch is one block. (default: \(Defaults.batchMaxRows))") var batchMaxRows: Int?
     @Option(help: "Longest wait before a batch is sent, ms. (default: \(Defaults.batchMaxDelay.milliseconds))") var batchMaxDelayMs: Int?
     @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: \(Defaults.bufferMaxRows))") var bufferMaxRows: Int?
@@ -104,6 +108,18 @@ struct AggregatorCommand: ParsableCommand {
             requestTimeout: timeout
         )
         let maxAttempts = try settings.int("retry-max-attempts", retryMaxAttempts, default: 0)
+        let dimensionFields = settings.string("dimensions", dimensions, default: "").split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let deduplicationField = settings.optional("dedup-field", dedupField).map { $0.trimmingCharacters(in: .whitespaces) }
+        let clickFieldName = settings.string("click-field", clickField, default: Defaults.clickField)
+        do {
+            try EventDecoder.validateFieldNames(
+                dimensions: dimensionFields, deduplicationField: deduplicationField,
+                clickField: settings.optional("events-topic", eventsTopic) == nil ? nil : clickFieldName
+            )
+        } catch {
+            throw ValidationError(error.description)
+        }
         let configuration = AggregatorConfiguration(
             kafka: kafka,
             groupID: settings.string("group-id", groupId, default: Defaults.groupID),
@@ -111,7 +127,7 @@ struct AggregatorCommand: ParsableCommand {
             clicksTopic: settings.string("clicks-topic", clicksTopic, default: Defaults.clicksTopic),
             conversionsTopic: settings.optional("conversions-topic", conversionsTopic),
             eventsTopic: settings.optional("events-topic", eventsTopic),
-            clickField: settings.string("click-field", clickField, default: Defaults.clickField),
+            clickField: clickFieldName,
             deadLetterTopic: settings.string("dlq-topic", dlqTopic, default: Defaults.deadLetterTopic),
             clickHouse: endpoint,
             windows: WindowConfiguration(
@@ -126,7 +142,9 @@ struct AggregatorCommand: ParsableCommand {
                 maximumMessageBytes: try settings.int("max-message-bytes", maxMessageBytes, default: Defaults.decoder.maximumMessageBytes),
                 timestampRange: try settings.int64("min-timestamp-ms", minTimestampMs, default: EventDecoder.defaultTimestampRange.lowerBound)
                     ... settings.int64("max-timestamp-ms", maxTimestampMs, default: EventDecoder.defaultTimestampRange.upperBound),
-                maximumFuture: Milliseconds(try settings.int64("max-future-ms", maxFutureMs, default: EventDecoder.defaultMaximumFuture.value))
+                maximumFuture: Milliseconds(try settings.int64("max-future-ms", maxFutureMs, default: EventDecoder.defaultMaximumFuture.value)),
+                dimensionFields: dimensionFields,
+                deduplicationField: deduplicationField
             ),
             batchMaxRows: try settings.int("batch-max-rows", batchMaxRows, default: Defaults.batchMaxRows),
             batchMaxDelay: .milliseconds(try settings.int("batch-max-delay-ms", batchMaxDelayMs, default: Int(Defaults.batchMaxDelay.milliseconds))),

@@ -316,7 +316,7 @@ struct SinkFormats: ParsableCommand {
 
     func run() throws {
         let connection = try ClickHouseConnection(endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database))
-        let columns = ResultsTable.rowColumns.map { "\($0.name) \($0.type)" }.joined(separator: ", ")
+        let columns = ResultsTable.rowColumns().map { "\($0.name) \($0.type)" }.joined(separator: ", ")
         _ = try connection.execute("CREATE TABLE IF NOT EXISTS bench_result_rows (\(columns)) ENGINE = Null")
         let end = Timestamp(milliseconds: 1_700_000_010_000)
         var batches: [ResultBatch] = []
@@ -334,7 +334,10 @@ struct SinkFormats: ParsableCommand {
                 batch = ResultBatch(id: "bench-\(batches.count)", sequence: UInt64(batches.count), generation: 0, day: ResultBatch.day(of: end))
             }
         }
-        for (format, encode) in [("JSONEachRow", ResultRowEncoder.jsonEachRow), ("RowBinary", ResultRowEncoder.rowBinary)] {
+        let encoders: [(String, @Sendable (ResultBatch) -> [UInt8])] = [
+            ("JSONEachRow", { ResultRowEncoder.jsonEachRow($0) }), ("RowBinary", { ResultRowEncoder.rowBinary($0) }),
+        ]
+        for (format, encode) in encoders {
             var bestEncode = Double.infinity
             var bestInsert = Double.infinity
             var bytes = 0

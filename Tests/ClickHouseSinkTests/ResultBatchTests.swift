@@ -57,7 +57,7 @@ import Testing
         )
         let text = String(decoding: ResultRowEncoder.jsonEachRow(batch), as: UTF8.self)
         #expect(
-            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"conversions":0,"conversions_delta":0,"revenue":0,"revenue_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","batch_id":"b-1"}"# + "\n"
+            text == #"{"product_id":"a\"b\\c\u000a","window_start":"2023-11-14 22:13:20","window_end":"2023-11-14 22:13:30","impressions":4,"clicks":1,"ctr":0.25,"impressions_delta":1,"clicks_delta":0,"conversions":0,"conversions_delta":0,"revenue":0,"revenue_delta":0,"revision":2,"emitted_at":"2023-11-14 22:13:40","batch_id":"b-1","unique_impression_users":0,"unique_click_users":0,"impression_user_hashes":[],"click_user_hashes":[]}"# + "\n"
         )
         #expect(batch.rowCount == 1)
         #expect(batch.windowEndRange == 1_700_000_010...1_700_000_010)

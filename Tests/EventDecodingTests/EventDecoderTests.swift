@@ -20,7 +20,7 @@ let now = Timestamp(milliseconds: 1_700_000_000_000)
 
     @Test func decodesTheContract() throws {
         let event = try decode(#"{"product_id":"p-1","timestamp":1700000000123,"user_id":"u","event_id":"e1"}"#).get()
-        #expect(event == DecodedEvent(product: ProductKey("p-1"), timestamp: Timestamp(milliseconds: 1_700_000_000_123)))
+        #expect(event == DecodedEvent(product: ProductKey("p-1"), timestamp: Timestamp(milliseconds: 1_700_000_000_123), user: StableHash.hash("u")))
         let click = try decode(#" { "event_type" : "click", "timestamp": "2023-11-14T22:13:20.5Z", "product_id": "p-2", "x": [1, {"y": null}, true, -1.5e3] } "#, .click).get()
         #expect(click == DecodedEvent(product: ProductKey("p-2"), timestamp: Timestamp(milliseconds: 1_700_000_000_500)))
     }
