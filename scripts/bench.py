@@ -31,7 +31,8 @@ CPU-seconds per million events of the contender's own processes over the measure
                time and CPU, which removes the mini-cluster start and query planning every job pays
   wide         the aggregator end to end on a stream with revenue on clicks and a conversions topic
                (not in the default run)
-  memory       window state: bytes per open (product, window) at 100,000 products
+  memory       window state: bytes per open (product, window) at 100,000 products; per open window, bytes
+               per event id remembered for --dedup-field and per distinct user
   latency      result latency (window emitted -> rows acknowledged) p50/p99 and RSS at a steady
                100,000 events/s
   distinct     the aggregator's peak RSS while --distinct-ids impressions, each with a new product id,
@@ -375,6 +376,11 @@ class Bench:
         memory = dict(part.split("=") for part in line.split()[4:])
         self.notes.append(f"window state: {memory['bytes_per_open_product_window']} bytes per open (product, window); "
                           f"{int(memory['state_bytes']) / 1048576:.0f} MiB for {memory['open_pairs']} open pairs (100,000 products x 3 windows)")
+        for name, unit, what in (("memory-dedup", "bytes_per_event_id", "event id remembered for --dedup-field"),
+                                 ("memory-users", "bytes_per_user", "distinct user remembered for unique users")):
+            line = next(l for l in out.splitlines() if l.startswith(f"RESULT {name} "))
+            fields = dict(part.split("=") for part in line.split()[4:] if "=" in part)
+            self.notes.append(f"per open window: {fields[unit]} bytes per {what} ({fields['in_one_window']} in one window)")
 
     def latency(self):
         log(f"latency: {self.args.latency_seconds:.0f} s at 100,000 events/s ...")

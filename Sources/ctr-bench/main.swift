@@ -166,6 +166,7 @@ struct Memory: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Resident memory per open (product, window) of the window state.")
     @Option var products = 100_000
     @Option var windows = 3
+    @Option(help: "Events (each with a new id, and a new user) in one window, for the dedup and users lines.") var identityEvents = 1_000_000
 
     func run() throws {
         func residentBytes() -> Int {
@@ -188,6 +189,22 @@ struct Memory: ParsableCommand {
         let after = residentBytes()
         let pairs = aggregator.openProductWindowCount
         report("memory", events: pairs, seconds: 1, "bytes_per_open_product_window=\((after - before) / max(pairs, 1)) open_pairs=\(pairs) state_bytes=\(after - before) catalog_products=\(catalog.count)")
+
+        // What one open window remembers per event for `--dedup-field`, and per distinct user.
+        for (name, withIDs, withUsers) in [("memory-dedup", true, false), ("memory-users", false, true)] {
+            let start = residentBytes()
+            var window = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 1, now: Timestamp(milliseconds: 0))
+            for index in 0..<identityEvents {
+                let hash = UInt64(index) &* 0x9E37_79B9_7F4A_7C15
+                _ = window.ingest(
+                    .impression, ids[index % ids.count], at: Timestamp(milliseconds: 1_700_000_000_000), from: 0, offset: Int64(index),
+                    user: withUsers ? hash : nil, eventID: withIDs ? hash : nil
+                )
+            }
+            let grown = residentBytes() - start
+            let unit = withIDs ? "bytes_per_event_id" : "bytes_per_user"
+            report(name, events: identityEvents, seconds: 1, "\(unit)=\(grown / max(identityEvents, 1)) in_one_window=\(identityEvents) state_bytes=\(grown) open_pairs=\(window.openProductWindowCount)")
+        }
     }
 }
 

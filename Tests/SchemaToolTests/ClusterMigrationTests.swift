@@ -60,7 +60,8 @@ import Testing
         #expect(try connections[1].rows(engines).map { "\($0[0])=\($0[1])" } == onFirst, "both replicas have the same objects")
         #expect(onFirst.contains("ctr_results_raw=ReplicatedMergeTree"))
         #expect(onFirst.contains("ctr_ml_agg_v3=ReplicatedAggregatingMergeTree"))
-        #expect(onFirst.contains("ctr_latest_v2=ReplicatedReplacingMergeTree"))
+        #expect(onFirst.contains("ctr_latest_v3=ReplicatedReplacingMergeTree"))
+        #expect(onFirst.contains("ctr_rollup_1h_v2=ReplicatedAggregatingMergeTree"))
         #expect(onFirst.contains("ctr_ml_cutover=ReplicatedMergeTree"), "cut-over tables are replicated, not per host")
         #expect(onFirst.contains("schema_migrations=ReplicatedMergeTree"))
 
@@ -144,7 +145,7 @@ import Testing
         let rawAnswer = try connections[0].rows(rawHourly)
         #expect(rollupAnswers.count == 1, "the roll-ups too: \(rollupAnswers) vs \(rawAnswer)")
         // Schema only: the two writers insert the same (product, window, revision), so which of
-        // two rows with one version ctr_latest_v2 keeps depends on insert order (see the
+        // two rows with one version ctr_latest_v3 keeps depends on insert order (see the
         // ReplacingMergeTree note of `verify --data` in docs/schema-tool.md).
         for replica in replicas { #expect(try schemaTool(["verify"] + arguments(replica)).status == 0) }
     }

@@ -303,7 +303,7 @@ import Testing
         let clean = try schemaTool(["verify", "--data"] + common)
         #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")
         #expect(clean.stdout.contains("data matches"))
-        for object in ["ctr_ml_agg_v3", "ctr_latest_v2", ".inner.ctr_latest_money_view", "ctr_rollup_5m", "ctr_rollup_1h", "ctr_rollup_1d", "ctr_ml_summary", "ctr_funnel_daily"] {
+        for object in ["ctr_ml_agg_v3", "ctr_latest_v3", ".inner.ctr_latest_money_view", "ctr_rollup_5m", "ctr_rollup_1h", "ctr_rollup_1d", "ctr_rollup_5m_v2", "ctr_rollup_1h_v2", "ctr_rollup_1d_v2", "ctr_ml_summary", "ctr_funnel_daily"] {
             #expect(clean.stdout.contains(object), "\(object) is compared: \(clean.stdout)")
         }
         // A settled window counted twice in one roll-up.

@@ -37,11 +37,15 @@ import Testing
         #expect(
             tables.map { "\($0[0])=\($0[1])" } == [
                 "ctr_batches=MergeTree", "ctr_fences=MergeTree", "ctr_funnel_daily=View", "ctr_latest_cutover=TinyLog",
-                "ctr_latest_v2=ReplacingMergeTree", "ctr_latest_view=MaterializedView", "ctr_ml_agg_v3=AggregatingMergeTree",
+                "ctr_latest_cutover_v3=TinyLog", "ctr_latest_v2=ReplacingMergeTree", "ctr_latest_v3=ReplacingMergeTree",
+                "ctr_latest_view=MaterializedView", "ctr_ml_agg_v3=AggregatingMergeTree",
                 "ctr_ml_cutover=TinyLog", "ctr_ml_cutover_v3=TinyLog", "ctr_ml_summary=View", "ctr_ml_view=MaterializedView",
                 "ctr_results_raw=MergeTree", "ctr_rollup_1d=AggregatingMergeTree", "ctr_rollup_1d_mv=MaterializedView",
-                "ctr_rollup_1h=AggregatingMergeTree", "ctr_rollup_1h_mv=MaterializedView", "ctr_rollup_5m=AggregatingMergeTree",
-                "ctr_rollup_5m_mv=MaterializedView", "ctr_rollup_cutover=TinyLog", "ctr_sliding_ctr=View",
+                "ctr_rollup_1d_v2=AggregatingMergeTree", "ctr_rollup_1d_v2_mv=MaterializedView",
+                "ctr_rollup_1h=AggregatingMergeTree", "ctr_rollup_1h_mv=MaterializedView",
+                "ctr_rollup_1h_v2=AggregatingMergeTree", "ctr_rollup_1h_v2_mv=MaterializedView", "ctr_rollup_5m=AggregatingMergeTree",
+                "ctr_rollup_5m_mv=MaterializedView", "ctr_rollup_5m_v2=AggregatingMergeTree", "ctr_rollup_5m_v2_mv=MaterializedView",
+                "ctr_rollup_cutover=TinyLog", "ctr_rollup_v2_cutover=TinyLog", "ctr_sliding_ctr=View",
             ]
         )
         #expect(try schemaTool(["verify"] + common).status == 0)
