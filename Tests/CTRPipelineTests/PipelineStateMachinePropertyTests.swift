@@ -11,8 +11,10 @@ import Testing
 /// sink completions, commits that fail, crashes (state lost, queued batches of the dead
 /// instance written late as stragglers), clean rebalances and restarts, against the in-memory
 /// results store; then checks the store against a reference that simply counts every event:
-/// every (product, window) has one row per revision, its highest revision carries the true
-/// counts, and its deltas sum to them.
+/// every (series, window) has one row per revision, its highest revision carries the true
+/// counts and the exact number of distinct users, its deltas sum to the counts, the users its
+/// revisions report as new are each user once, and a producer's retry (same event id) is never
+/// counted.
 @Suite struct PipelineStateMachinePropertyTests {
     struct SplitMix: RandomNumberGenerator {
         var state: UInt64
@@ -27,7 +29,10 @@ import Testing
 
     struct Message {
         var product: String
+        var country: String
         var time: Int64
+        var user: UInt64?
+        var id: UInt64
     }
 
     /// One aggregator process: its machine and its sink queue.
@@ -123,7 +128,13 @@ import Testing
                 let message = messages[Int(position)]
                 let verdict = instance.machine.consumed(
                     topicIndex: PipelineStateMachinePropertyTests.topics.firstIndex(of: partition.topic)!, partition: partition.partition,
-                    offset: position, .success(DecodedEvent(productID: message.product, timestamp: Timestamp(milliseconds: message.time)))
+                    offset: position,
+                    .success(
+                        DecodedEvent(
+                            productID: message.product, timestamp: Timestamp(milliseconds: message.time), dimensions: [message.country],
+                            user: message.user, eventID: message.id
+                        )
+                    )
                 )
                 #expect(verdict == .handled, "in-order partitions never produce too-late events")
                 position += 1
@@ -158,15 +169,30 @@ import Testing
         // topic, in event-time order per partition, over about two minutes of event time.
         let products = (0..<12).map { "p\($0)" }
         var truth: [String: (impressions: UInt64, clicks: UInt64)] = [:]
+        var users: [String: (impressions: Set<UInt64>, clicks: Set<UInt64>)] = [:]
         var time = world.now - 100_000
-        for _ in 0..<600 {
+        var retries: [(TopicPartition, Message)] = []
+        for index in 0..<600 {
             time += Int64.random(in: 0...400, using: &world.random)
             let product = products.randomElement(using: &world.random)!
             let isClick = Int.random(in: 0..<5, using: &world.random) == 0
             let partition = TopicPartition(topic: isClick ? "clicks" : "impressions", partition: Int32(Int(product.dropFirst())! % 3))
-            world.log[partition, default: []].append(Message(product: product, time: time))
-            let key = "\(product)/\(time / 10_000)"
+            let user = Int.random(in: 0..<4, using: &world.random) == 0 ? nil : UInt64.random(in: 1...30, using: &world.random)
+            let message = Message(
+                product: product, country: ["", "DE", "US"].randomElement(using: &world.random)!, time: time, user: user, id: UInt64(index)
+            )
+            // A producer's retry of an earlier message lands a little later in the same partition.
+            if let retry = retries.first, retry.1.time / 10_000 == time / 10_000, Bool.random(using: &world.random) {
+                world.log[retry.0, default: []].append(retry.1)
+                retries.removeFirst()
+            }
+            world.log[partition, default: []].append(message)
+            if Int.random(in: 0..<12, using: &world.random) == 0 { retries.append((partition, message)) }
+            let key = "\(product)/\(message.country)/\(time / 10_000)"
             if isClick { truth[key, default: (0, 0)].clicks += 1 } else { truth[key, default: (0, 0)].impressions += 1 }
+            if let user {
+                if isClick { users[key, default: ([], [])].clicks.insert(user) } else { users[key, default: ([], [])].impressions.insert(user) }
+            }
         }
 
         world.assign(fresh: true)
@@ -200,29 +226,39 @@ import Testing
         }
         for batch in world.stragglers { _ = try! world.store.write(batch, onRetry: { _ in }) }
 
-        var latest: [String: (revision: UInt32, impressions: UInt64, clicks: UInt64)] = [:]
+        var latest: [String: (revision: UInt32, impressions: UInt64, clicks: UInt64, users: UniqueUsers)] = [:]
         var deltas: [String: (impressions: UInt64, clicks: UInt64)] = [:]
+        var newUsers: [String: (impressions: [UInt64], clicks: [UInt64])] = [:]
         var seen: Set<String> = []
         for stored in world.store.rows {
             let row = stored.row
-            let key = "\(row.productID)/\(row.windowStart.milliseconds / 10_000)"
-            #expect(seen.insert("\(key)/\(row.revision)").inserted, "one row per (product, window, revision): \(key) r\(row.revision)")
+            let key = "\(row.productID)/\(row.dimensions.joined())/\(row.windowStart.milliseconds / 10_000)"
+            #expect(seen.insert("\(key)/\(row.revision)").inserted, "one row per (series, window, revision): \(key) r\(row.revision)")
             if (latest[key]?.revision ?? 0) <= row.revision || latest[key] == nil {
-                latest[key] = (row.revision, row.totals.impressions, row.totals.clicks)
+                latest[key] = (row.revision, row.totals.impressions, row.totals.clicks, row.uniqueUsers)
             }
             deltas[key, default: (0, 0)].impressions += row.delta.impressions
             deltas[key, default: (0, 0)].clicks += row.delta.clicks
+            newUsers[key, default: ([], [])].impressions += row.newUsers.impressions
+            newUsers[key, default: ([], [])].clicks += row.newUsers.clicks
         }
         // With every partition idle the watermark is the newest event time minus the
         // out-of-orderness: windows ending after it stay open.
         let closedBefore = (time - 2_000) / 10_000
-        truth = truth.filter { Int64($0.key.split(separator: "/")[1])! < closedBefore }
-        latest = latest.filter { Int64($0.key.split(separator: "/")[1])! < closedBefore }
+        truth = truth.filter { Int64($0.key.split(separator: "/").last!)! < closedBefore }
+        latest = latest.filter { Int64($0.key.split(separator: "/").last!)! < closedBefore }
         #expect(Set(latest.keys) == Set(truth.keys), "every closed window with events has rows, and no other")
 
         for (key, expected) in truth {
             #expect(latest[key]?.impressions == expected.impressions && latest[key]?.clicks == expected.clicks, "latest revision of \(key)")
             #expect(deltas[key]?.impressions == expected.impressions && deltas[key]?.clicks == expected.clicks, "deltas of \(key)")
+            let expectedUsers = users[key] ?? ([], [])
+            #expect(
+                latest[key]?.users == UniqueUsers(impressions: UInt64(expectedUsers.impressions.count), clicks: UInt64(expectedUsers.clicks.count)),
+                "distinct users of \(key)"
+            )
+            #expect(newUsers[key]?.impressions.sorted() == expectedUsers.impressions.sorted(), "each user of \(key) reported new once")
+            #expect(newUsers[key]?.clicks.sorted() == expectedUsers.clicks.sorted(), "each clicking user of \(key) reported new once")
         }
     }
 }

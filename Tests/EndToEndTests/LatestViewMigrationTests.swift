@@ -55,6 +55,56 @@ import Testing
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
     }
 
+    /// Migration 0010 (dimensions and unique users) with rows present and inserts running: the
+    /// new roll-ups hold every row once, backfilled before the cut-over and fed after it.
+    @Test func dimensionRollupsAreFilledInPlaceWhileInsertsRun() throws {
+        let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "dims_migration")
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
+                      "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
+        #expect(try schemaTool(["migrate", "--to", "9"] + common).status == 0)
+        let connection = try ClickHouseConnection(endpoint: endpoint)
+        let writer = try LatestRowWriter(endpoint)
+        for _ in 0..<10 { try writer.insert() }
+        writer.start()
+        try #require(writer.waitForBatches(20), "the writer inserts before the migration starts")
+        let migrated = try schemaTool(
+            ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1",
+             "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2", "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + common
+        )
+        let during = writer.batches
+        try #require(writer.waitForBatches(during + 20), "inserts go on after the migration")
+        writer.stop()
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        #expect(migrated.stdout.contains("applying 0010_dimensions_unique_users"))
+        let raw = """
+            SELECT product_id, country, toUnixTimestamp(toStartOfHour(window_start)) AS p, sum(impressions_delta), sum(clicks_delta)
+            FROM ctr_results_raw GROUP BY product_id, country, p ORDER BY product_id, country, p
+            """
+        for table in ["ctr_rollup_5m_v2", "ctr_rollup_1h_v2", "ctr_rollup_1d_v2"] {
+            let rollup = try connection.rows(
+                """
+                SELECT product_id, country, toUnixTimestamp(toStartOfHour(period_start)) AS p, sumMerge(impressions), sumMerge(clicks)
+                FROM \(table) GROUP BY product_id, country, p ORDER BY product_id, country, p
+                """
+            )
+            if table == "ctr_rollup_1d_v2" {
+                let daily = try connection.rows(
+                    "SELECT product_id, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id ORDER BY product_id"
+                )
+                let rolled = try connection.rows(
+                    "SELECT product_id, sumMerge(impressions), sumMerge(clicks) FROM \(table) GROUP BY product_id ORDER BY product_id"
+                )
+                #expect(rolled == daily, "\(table) holds every row once")
+            } else {
+                #expect(rollup == (try connection.rows(raw)), "\(table) holds every row once")
+            }
+        }
+        let latest = try connection.rows(Self.latest)
+        #expect(latest == (try connection.rows(Self.expected)))
+        let verified = try schemaTool(["verify"] + common)
+        #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
+    }
+
     @Test func onAnEmptyDatabaseNothingWaits() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "latest_empty")
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
