@@ -178,8 +178,15 @@ def main():
 
         truth_file = os.path.join(work, "truth.json")
         count = int(args.rate * args.duration)
+        # One Produce request in flight: the dev broker (librdkafka 2.0.2's mock cluster) checks the
+        # sequence numbers of an idempotent producer only when it is transactional, so with several
+        # in flight a later batch of a partition lands while an earlier one was refused (as
+        # dlq_unavailable refuses them), and librdkafka then takes the earlier one as acknowledged:
+        # its messages were never appended, yet the truth file counts them (a window one click
+        # short). Tests/IngestTests/DevBrokerProduceErrorTests.swift shows both settings.
         producer = subprocess.Popen([
             os.path.join(args.bin, "ctr-producer"), "--brokers", brokers, "--products", "500", "--count", str(count),
+            "--kafka-property", "max.in.flight.requests.per.connection=1",
             "--rate", str(args.rate), "--seed", str(args.seed), "--start-time-ms", str(int(time.time() * 1000)),
             "--late-fraction", "0.02", "--too-late-fraction", "0.002", "--too-late-lag-ms", "120000", "--invalid-fraction", "0.001",
             "--truth-file", truth_file], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

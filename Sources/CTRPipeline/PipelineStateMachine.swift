@@ -426,10 +426,14 @@ public struct PipelineStateMachine: Sendable {
         let now = observation.now
         bufferedRows = observation.sinkBufferedRows
         var actions: [Action] = []
-        // A partition is idle only when there is nothing to read from it: one with a backlog
-        // (paused or not) or behind a troubled broker stays active.
+        // A partition is idle only when there is nothing to read from it: one with a backlog,
+        // one this machine kept paused since the last poll (its messages wait unread, and the
+        // client learns high watermarks from fetches, which stop while paused, so no backlog
+        // shows), and any behind a troubled broker stay active.
         for index in assignment!.partitions.indices
-        where observation.sourceTrouble || observation.partitionsWithBacklog.contains(assignment!.partitions[index]) {
+        where paused || pausedAhead.contains(index) || observation.sourceTrouble
+            || observation.partitionsWithBacklog.contains(assignment!.partitions[index])
+        {
             assignment!.windows.keepActive(index)
         }
         if assignment!.holdingEmissions, Self.reachedFrontier(assignment!) { assignment!.holdingEmissions = false }

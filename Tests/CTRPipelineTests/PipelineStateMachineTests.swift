@@ -179,6 +179,31 @@ import Testing
         #expect(machine.pollFinished(.init(now: at(60))).contains(.resume([clicks0, impressions0])))
     }
 
+    /// Issue 12, item 8: a partition silent because the machine paused it is not idle. While
+    /// the dead-letter topic is unavailable for longer than the idle timeout (and the idle
+    /// close), the lagging partition must keep holding the watermark back, so that its next
+    /// event is counted as the first run without the pause would have counted it.
+    @Test func partitionsPausedForBackpressureNeverBecomeIdle() {
+        var machine = makeMachine()
+        _ = machine.assigned([clicks0, impressions0], generation: 1, now: at(0))
+        _ = machine.committedOffsetsRead([:], now: at(0))
+        _ = machine.restored([], now: at(0))
+        #expect(machine.consumed(topicIndex: 0, partition: 0, offset: 0, impression("a", 20_000)) == .handled)
+        #expect(machine.consumed(topicIndex: 1, partition: 0, offset: 0, impression("a", 1_000)) == .handled)
+        _ = machine.pollFinished(.init(now: at(10)))
+        #expect(machine.counters.watermarkMilliseconds == t0 + 1_000 - 2_000, "clicks:0 holds the watermark back")
+        #expect(machine.pollFinished(.init(now: at(20), deadLettersFull: true)).contains(.pause([clicks0, impressions0])))
+        // Paused past the idle timeout and the idle close, with no backlog known.
+        for now in stride(from: Int64(1_000), through: 70_000, by: 1_000) {
+            _ = machine.pollFinished(.init(now: at(now), deadLettersFull: true))
+        }
+        #expect(machine.counters.watermarkMilliseconds == t0 + 1_000 - 2_000)
+        #expect(machine.pollFinished(.init(now: at(70_010))).contains(.resume([clicks0, impressions0])))
+        // clicks:0's next event, 1 s after its last one: counted, not too late.
+        #expect(machine.consumed(topicIndex: 1, partition: 0, offset: 1, impression("a", 2_000)) == .handled)
+        #expect(machine.counters.rejected.isEmpty)
+    }
+
     @Test func openWindowStateAtItsBoundPausesThePartitionsAheadUntilWindowsClose() {
         var machine = PipelineStateMachine(
             configuration: .init(
