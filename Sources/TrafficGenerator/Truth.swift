@@ -199,7 +199,7 @@ public struct Truth: Sendable {
 
 extension WindowCounts {
     /// Adds `other` field by field.
-    fileprivate mutating func accumulate(_ other: WindowCounts) {
+    mutating func accumulate(_ other: WindowCounts) {
         impressions += other.impressions
         clicks += other.clicks
         conversions += other.conversions
