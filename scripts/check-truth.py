@@ -25,7 +25,7 @@ Options for an aggregator run with issue 14's features (schema of migration 0010
         each of them exactly once, and ctr_latest_view carries the raw table's figures.
   --check-rollups
         ctr_rollup_5m_v2, ctr_rollup_1h_v2 and ctr_rollup_1d_v2 hold the raw deltas summed per
-        (product, dimensions, period); their uniqCombined user counts are within 2 % (and 2
+        (product, dimensions, period); their uniqCombined user sketches are within 2 % (and 2
         users) of the exact count of the raw user hashes.
 
 The new figures are printed after the existing ones (unique_mismatched, user_hash_mismatched,
@@ -208,7 +208,7 @@ def compare_rollups(run, dims):
     for table, period in ROLLUPS:
         rollup = {tuple(row[:width]): [int(v) for v in row[width:]] for row in run(
             f"SELECT {group}, toUnixTimestamp(period_start) AS p, sumMerge(impressions), sumMerge(clicks), sumMerge(conversions), "
-            f"uniqCombinedMerge(impression_users), uniqCombinedMerge(click_users) FROM {table} GROUP BY {group}, period_start")}
+            f"uniqCombinedArrayMerge(impression_users), uniqCombinedArrayMerge(click_users) FROM {table} GROUP BY {group}, period_start")}
         raw = {tuple(row[:width]): [int(v) for v in row[width:]] for row in run(
             f"SELECT {group}, toUnixTimestamp({period}(window_start)) AS p, sum(impressions_delta), sum(clicks_delta), "
             f"sum(conversions_delta), uniqExactArray(impression_user_hashes), uniqExactArray(click_user_hashes) "

@@ -1,9 +1,9 @@
 """scripts/check-truth.py against tables in current ClickHouse (chdb, in-process).
 
-The tables follow the issue 14 interface (ctr_results_raw with campaign_id, country, device_type,
-unique users and user hashes; ctr_latest_view keyed by product and dimensions; the v2 roll-ups),
-built here by hand so that check-truth's SQL and comparisons are tested before the migration
-lands. A small simulated stream gives both the truth file and the rows an exactly-once aggregator
+The tables follow migration 0010 (ctr_results_raw with campaign_id, country, device_type, unique
+users and user hashes; ctr_latest_view keyed by product and dimensions; the v2 roll-ups with
+uniqCombinedArray sketches), reduced to what check-truth reads (no cut-over), so that its SQL
+and comparisons are tested in-process. A small simulated stream gives both the truth file and the rows an exactly-once aggregator
 writes for it (a first emission and a late update); each test then breaks one thing and expects
 check-truth to see it.
 """
@@ -49,14 +49,14 @@ SCHEMA = [
         f"""CREATE TABLE {table} (product_id String, campaign_id String, country String, device_type String,
            period_start DateTime('UTC'), impressions AggregateFunction(sum, UInt64), clicks AggregateFunction(sum, UInt64),
            conversions AggregateFunction(sum, UInt64), revenue AggregateFunction(sum, Decimal(18, 6)),
-           impression_users AggregateFunction(uniqCombined, UInt64), click_users AggregateFunction(uniqCombined, UInt64))
+           impression_users AggregateFunction(uniqCombinedArray, Array(UInt64)),
+           click_users AggregateFunction(uniqCombinedArray, Array(UInt64)))
            ENGINE = AggregatingMergeTree ORDER BY (product_id, campaign_id, country, device_type, period_start)""",
         f"""CREATE MATERIALIZED VIEW {table}_mv TO {table} AS
            SELECT product_id, campaign_id, country, device_type, {period}(window_start) AS period_start,
            sumState(impressions_delta) AS impressions, sumState(clicks_delta) AS clicks, sumState(conversions_delta) AS conversions,
            sumState(revenue_delta) AS revenue,
-           uniqCombinedMergeState(arrayReduce('uniqCombinedState', impression_user_hashes)) AS impression_users,
-           uniqCombinedMergeState(arrayReduce('uniqCombinedState', click_user_hashes)) AS click_users
+           uniqCombinedArrayState(impression_user_hashes) AS impression_users, uniqCombinedArrayState(click_user_hashes) AS click_users
            FROM ctr_results_raw GROUP BY product_id, campaign_id, country, device_type, period_start""",
     )
 ]
@@ -233,8 +233,8 @@ def test_a_duplicated_revision_and_a_broken_rollup():
     database = Database("check_truth_rollup")
     database.insert(rows)
     database.session.query("INSERT INTO ctr_rollup_1h_v2 SELECT 'p-9', '', '', '', toDateTime(1700000000, 'UTC'), sumState(toUInt64(1)), "
-                           "sumState(toUInt64(0)), sumState(toUInt64(0)), sumState(toDecimal64(0, 6)), uniqCombinedState(toUInt64(1)), "
-                           "uniqCombinedState(toUInt64(1))")
+                           "sumState(toUInt64(0)), sumState(toUInt64(0)), sumState(toDecimal64(0, 6)), uniqCombinedArrayState([toUInt64(1)]), "
+                           "uniqCombinedArrayState([toUInt64(1)])")
     options = check_truth.parse_arguments(["t", "u", "d", "--dimensions", ",".join(DIMS)] + ALL)
     assert check_truth.compare_rollups(database.run, options.dimensions) == 1
 
