@@ -33,7 +33,7 @@ private func messages(_ configuration: TrafficConfiguration, count: Int) -> [Gen
     return (0..<count).map { _ in generator.next()! }
 }
 
-@Suite struct DimensionsTests {
+@Suite struct TrafficDimensionsTests {
     let configuration = TrafficConfiguration(
         products: 40, meanCTR: 0.05, seed: 9, startTime: start, eventRate: 500, lateFraction: 0.02, tooLateFraction: 0.01,
         tooLateLag: .seconds(10), invalidFraction: 0.005, conversionRate: 0.2, revenuePerClick: 0.3, revenuePerConversion: 4,
