@@ -26,7 +26,7 @@ private struct EventFields {
 }
 
 private let start = Timestamp(milliseconds: 1_700_000_000_000)
-private let dimensionNames = ["campaign_id", "country", "device_type"]
+private let dimensionNames = EventDimensions.fieldNames
 
 private func messages(_ configuration: TrafficConfiguration, count: Int) -> [GeneratedMessage] {
     var generator = TrafficGenerator(configuration: configuration)
