@@ -14,4 +14,4 @@ shift 2
 bin="$(swift build -c release --show-bin-path)"
 mkdir -p "$run_dir/logs"
 start_process "$name" "curl -fsS http://127.0.0.1:$port/health" "$bin/ctr-aggregator" --brokers "$(cat "$run_dir/bootstrap.txt")" --clickhouse-url "$(cat "$run_dir/clickhouse_url")" \
-    --database "$DATABASE" --conversions-topic conversions --metrics-port "$port" --log-format json "$@"
+    --database "$DATABASE" --conversions-topic conversions --dimensions "$DIMENSIONS" --metrics-port "$port" --log-format json "$@"

@@ -41,6 +41,17 @@ instances in one consumer group (a fourth joins and leaves), and the producer. K
                                 dev broker cannot fail one topic alone) answered NOT_ENOUGH_REPLICAS for
                                 seconds; the mock cluster appends nothing on an injected error
 
+Issue 14's features (the aggregator's `--dimensions` and `--dedup-field`, unique users) are off by
+default; these options turn them on in the aggregators, the producer's truth and check-truth:
+
+    --dimensions campaign_id,country,device_type   the key includes these dimensions
+    --duplicate-fraction 0.02                      the producer sends that fraction of events twice
+    --dedup                                        the aggregators deduplicate on event_id
+    --check-uniques                                unique users per window are checked exactly
+    --check-rollups                                the v2 roll-ups are checked against the raw table
+
+e.g. scripts/fault-campaign.py --dimensions campaign_id,country,device_type --duplicate-fraction 0.02 --dedup --check-uniques
+
 Prints the faults by kind, what the proxy applied, then one line: events, windows checked, lost,
 duplicated, mismatched, peak aggregator memory; exits 0 only if nothing was lost, duplicated or
 mismatched.
@@ -104,6 +115,11 @@ def main():
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "debug"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--check-wait", type=float, default=180, help="how long check-truth waits for ClickHouse to match (s)")
+    parser.add_argument("--dimensions", default="", help="comma-separated dimensions of the key (ctr-aggregator --dimensions)")
+    parser.add_argument("--duplicate-fraction", type=float, default=0, help="fraction of events the producer sends twice")
+    parser.add_argument("--dedup", action="store_true", help="the aggregators deduplicate on event_id (--dedup-field event_id)")
+    parser.add_argument("--check-uniques", action="store_true", help="check unique users per window exactly")
+    parser.add_argument("--check-rollups", action="store_true", help="check the v2 roll-ups against the raw table")
     args = parser.parse_args()
     excluded = {kind.strip() for kind in args.exclude_kinds.split(",") if kind.strip()}
     kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip() and kind.strip() not in excluded]
@@ -111,6 +127,21 @@ def main():
     if unknown or not kinds:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
     fault_count = max(args.faults, len(kinds))
+    aggregator_features, producer_features, check_features = [], [], []
+    if args.dimensions:
+        aggregator_features += ["--dimensions", args.dimensions]
+        producer_features += ["--truth-dimensions", args.dimensions]
+        check_features += ["--dimensions", args.dimensions]
+    if args.duplicate_fraction:
+        producer_features += ["--duplicate-fraction", str(args.duplicate_fraction)]
+    if args.dedup:
+        aggregator_features += ["--dedup-field", "event_id"]
+        check_features.append("--dedup")
+    if args.check_uniques:
+        producer_features.append("--truth-uniques")
+        check_features.append("--check-uniques")
+    if args.check_rollups:
+        check_features.append("--check-rollups")
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="ctr-campaign-")
     processes = []
@@ -170,7 +201,7 @@ def main():
                 os.path.join(args.bin, "ctr-aggregator"), "--brokers", brokers, "--group-id", "campaign",
                 "--clickhouse-url", url, "--database", database, "--metrics-port", "0",
                 "--request-timeout-ms", str(REQUEST_TIMEOUT_S * 1000), "--retry-initial-ms", "50", "--retry-max-ms", "1000",
-                "--kafka-property", f"session.timeout.ms={SESSION_TIMEOUT_S * 1000}", "--log-format", "json"])
+                "--kafka-property", f"session.timeout.ms={SESSION_TIMEOUT_S * 1000}", "--log-format", "json"] + aggregator_features)
 
         for index in range(3):
             start_aggregator(index)
@@ -189,7 +220,7 @@ def main():
             "--kafka-property", "max.in.flight.requests.per.connection=1",
             "--rate", str(args.rate), "--seed", str(args.seed), "--start-time-ms", str(int(time.time() * 1000)),
             "--late-fraction", "0.02", "--too-late-fraction", "0.002", "--too-late-lag-ms", "120000", "--invalid-fraction", "0.001",
-            "--truth-file", truth_file], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            "--truth-file", truth_file] + producer_features, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         interval = args.duration / fault_count
         started = time.time()
@@ -272,8 +303,8 @@ def main():
         for index, process in aggregators.items():
             peak_rss[index] = max(peak_rss[index], rss_kib(process.pid))
         check = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check-truth.py"), truth_file, direct_url, database,
-                                "--wait", str(args.check_wait)], capture_output=True, text=True)
-        result = check.stdout.strip()
+                                "--wait", str(args.check_wait)] + check_features, capture_output=True, text=True)
+        result = check.stdout.strip() or check.stderr.strip()
         fault_text = ",".join(f"{k}:{v}" for k, v in sorted(faults.items()))
         proxy_stats = proxy.stats()
         applied = ",".join(f"{k}:{v}" for k, v in sorted(proxy_stats["applied"].items()))

@@ -5,6 +5,9 @@ DATABASE="${CTR_DATABASE:-ctr}"
 CLICKHOUSE_HTTP_PORT="${CTR_CLICKHOUSE_HTTP_PORT:-18123}"
 CLICKHOUSE_TCP_PORT="${CTR_CLICKHOUSE_TCP_PORT:-19000}"
 METRICS_PORT="${CTR_METRICS_PORT:-9464}"
+# The window key's dimensions of every aggregator of the pipeline (one consumer group: all the
+# same); empty: per product only.
+DIMENSIONS="${CTR_DIMENSIONS-campaign_id,country,device_type}"
 # --cluster: ZooKeeper on CLUSTER_BASE_PORT, replica r1 HTTP +1, replica r2 HTTP +4 (scripts/clickhouse-cluster.sh).
 CLUSTER_BASE_PORT="${CTR_CLUSTER_BASE_PORT:-19100}"
 CLUSTER_NAME=ctr_cluster

@@ -112,12 +112,13 @@ step "schema-tool migrate"
 
 step "ctr-aggregator"
 start_process aggregator "curl -fsS http://127.0.0.1:$METRICS_PORT/health" "$bin/ctr-aggregator" --brokers "$brokers" --clickhouse-url "$clickhouse_url" --database "$DATABASE" \
-    --conversions-topic conversions --metrics-port "$METRICS_PORT" --log-format json
+    --conversions-topic conversions --dimensions "$DIMENSIONS" --metrics-port "$METRICS_PORT" --log-format json
 
 if ((cluster)); then
     step "ctr-aggregator-r2 (same consumer group, writes to replica r2)"
     start_process aggregator-r2 "curl -fsS http://127.0.0.1:$((METRICS_PORT + 1))/health" "$bin/ctr-aggregator" --brokers "$brokers" \
-        --clickhouse-url "$replica2_url" --database "$DATABASE" --conversions-topic conversions --metrics-port "$((METRICS_PORT + 1))" --log-format json
+        --clickhouse-url "$replica2_url" --database "$DATABASE" --conversions-topic conversions --dimensions "$DIMENSIONS" \
+        --metrics-port "$((METRICS_PORT + 1))" --log-format json
 fi
 
 step "ctr-producer ($products products, $rate events/s)"

@@ -45,8 +45,9 @@ swift build --build-tests
 unit_tier
 
 # Static checks of docker-compose.yml, the Dockerfile, the Grafana dashboard and the Prometheus
-# rules (promtool), and of the self-containment check itself (no Docker engine here).
-python3 -m pytest -q tests/deploy
+# rules (promtool), and of the self-containment check itself (no Docker engine here); check-truth's
+# SQL and comparisons on current ClickHouse (chdb).
+python3 -m pytest -q tests/deploy tests/scripts
 
 # libFuzzer on the event decoder, bounded.
 ./scripts/fuzz.sh 30

@@ -75,12 +75,14 @@ public struct Publisher<Sink: MessageSink> {
     private var lastProgress = ContinuousClock.now
     private let report: (String) -> Void
 
-    /// - Parameter report: receives a progress line about once a second, and the final one.
-    public init(sink: Sink, topics: TopicNames, rules: WindowRules, report: @escaping (String) -> Void = { _ in }) {
+    /// - Parameters:
+    ///   - truth: the truth to record into, empty; default: per product, for `rules.windowSize`.
+    ///   - report: receives a progress line about once a second, and the final one.
+    public init(sink: Sink, topics: TopicNames, rules: WindowRules, truth: Truth? = nil, report: @escaping (String) -> Void = { _ in }) {
         self.sink = sink
         self.topics = topics
         self.rules = rules
-        self.truth = Truth(windowSize: rules.windowSize)
+        self.truth = truth ?? Truth(windowSize: rules.windowSize)
         self.report = report
     }
 
@@ -145,7 +147,7 @@ public struct Publisher<Sink: MessageSink> {
         return "sent impressions=\(truth.sent[.impressions] ?? 0) clicks=\(truth.sent[.clicks] ?? 0) conversions=\(truth.sent[.conversions] ?? 0) "
             + "events=\(truth.sent[.events] ?? 0) counted_impressions=\(counted.impressions) counted_clicks=\(counted.clicks) "
             + "counted_conversions=\(counted.conversions) counted_revenue_micros=\(counted.revenueMicros) "
-            + "too_late=\(truth.tooLate) invalid=\(truth.invalid.values.reduce(0, +)) windows=\(truth.counts.count)"
+            + "too_late=\(truth.tooLate) invalid=\(truth.invalid.values.reduce(0, +)) duplicates=\(truth.duplicatesSent) windows=\(truth.counts.count)"
     }
 }
 

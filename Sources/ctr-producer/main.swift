@@ -54,6 +54,33 @@ struct WindowOptions: ParsableArguments {
     @Option(help: "Aggregator allowed lateness, ms (for the final watermark events).") var allowedLatenessMs: Int64 = 5_000
     @Option(help: "Write the exact expected counts per (product, window) to this JSON file.") var truthFile: String?
     @Flag(help: "Do not send the events that move every partition's watermark past the stream's windows.") var noFinalWatermark = false
+    @Option(
+        help: ArgumentHelp(
+            "Key the truth file by product and these event fields, as ctr-aggregator --dimensions (e.g. campaign_id,country,device_type).",
+            valueName: "fields"
+        )
+    )
+    var truthDimensions = ""
+    @Flag(help: "Count unique users (distinct user_id of impressions and of clicks) per key in the truth file; memory grows with the events.")
+    var truthUniques = false
+
+    var dimensionNames: [String] {
+        truthDimensions.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    func validate() throws {
+        let names = dimensionNames
+        guard names.count <= 8 else { throw ValidationError("--truth-dimensions takes at most 8 fields, as ctr-aggregator --dimensions") }
+        guard !names.contains(where: \.isEmpty), Set(names).count == names.count else {
+            throw ValidationError("--truth-dimensions must name distinct, non-empty fields, separated by commas")
+        }
+        guard !names.contains("product_id") else { throw ValidationError("--truth-dimensions: product_id is always part of the key") }
+    }
+
+    /// The empty truth the publisher records into.
+    var truth: Truth {
+        Truth(windowSize: Milliseconds(windowMs), dimensions: dimensionNames, countsUsers: truthUniques)
+    }
 
     var rules: WindowRules {
         WindowRules(
@@ -91,7 +118,7 @@ final class KafkaSink: MessageSink {
 }
 
 func makePublisher(_ kafka: KafkaOptions, _ windows: WindowOptions) throws -> Publisher<KafkaSink> {
-    Publisher(sink: try KafkaSink(kafka), topics: kafka.topics, rules: windows.rules) { line in
+    Publisher(sink: try KafkaSink(kafka), topics: kafka.topics, rules: windows.rules, truth: windows.truth) { line in
         FileHandle.standardError.write(Data((line + "\n").utf8))
     }
 }
@@ -138,11 +165,22 @@ struct Synthetic: ParsableCommand {
     @Option(help: "Fraction of clicks followed by a conversion on --conversions-topic.") var conversionRate = 0.0
     @Option(help: "Mean revenue per click (currency units, 2 decimals); 0 sends none.") var revenuePerClick = 0.0
     @Option(help: "Mean revenue per conversion, e.g. a cost-per-action payout (currency units, 2 decimals).") var revenuePerConversion = 4.0
+    @Option(help: "Number of campaigns (campaign_id cmp-0001, ...; Zipf-skewed traffic).") var campaigns = 20
+    @Option(help: "Size of the user pool (user_id u-0, ...; Zipf-like skew).") var users = 100_000
+    @Option(help: "Fraction of impressions without user_id (their clicks and conversions have none either).") var anonymousFraction = 0.0
+    @Option(help: "Fraction of events sent twice with the same event_id, within 500 ms of event time, as a producer's retry would.")
+    var duplicateFraction = 0.0
+    @Flag(help: "Leave campaign_id, country and device_type out of the events.") var noDimensions = false
 
     func validate() throws {
         guard count != nil || duration != nil else { throw ValidationError("give --count or --duration") }
         guard products > 0 else { throw ValidationError("--products must be positive") }
         guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
+        guard campaigns > 0 && campaigns <= 9_999 else { throw ValidationError("--campaigns must be 1 to 9999") }
+        guard users > 0 else { throw ValidationError("--users must be positive") }
+        for (name, value) in [("--anonymous-fraction", anonymousFraction), ("--duplicate-fraction", duplicateFraction)] {
+            guard value >= 0 && value < 1 else { throw ValidationError("\(name) must be at least 0 and below 1") }
+        }
     }
 
     func run() throws {
@@ -153,7 +191,8 @@ struct Synthetic: ParsableCommand {
                 eventRate: eventRate ?? (rate > 0 ? rate : 10_000), disorder: Milliseconds(disorderMs), lateFraction: lateFraction,
                 tooLateFraction: tooLateFraction, tooLateLag: Milliseconds(tooLateLagMs), invalidFraction: invalidFraction,
                 conversionRate: conversionRate, revenuePerClick: revenuePerClick, revenuePerConversion: revenuePerConversion,
-                singleTopic: kafka.eventsTopic != nil
+                singleTopic: kafka.eventsTopic != nil, campaigns: campaigns, users: users, anonymousFraction: anonymousFraction,
+                duplicateFraction: duplicateFraction, emitsDimensions: !noDimensions
             )
         )
         var publisher = try makePublisher(kafka, windows)

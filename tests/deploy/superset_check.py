@@ -17,8 +17,13 @@ import tempfile
 import requests
 
 
-CHART_TITLES = ["CTR", "CVR", "eCPM", "Revenue", "CTR over time, top products", "Impressions and clicks per minute", "CTR by product",
-                "Revenue and eCPM by product", "Funnel: where people drop off"]
+CHART_TITLES = ["CTR", "CVR", "eCPM", "Revenue", "CTR over time, top products", "Impressions and clicks per minute",
+                "CTR, last 5 minutes, sliding", "CTR by country", "CTR by campaign", "CTR by product", "Revenue and eCPM by product",
+                "Funnel: where people drop off"]
+# Charts that show rates (as percentages) and money (as currency).
+RATE_CHARTS = ("CTR", "CVR", "CTR over time, top products", "CTR, last 5 minutes, sliding", "CTR by country", "CTR by campaign",
+               "CTR by product", "Revenue and eCPM by product")
+MONEY_CHARTS = ("eCPM", "Revenue", "CTR by product", "Revenue and eCPM by product")
 
 # Warning icons in chart headers (e.g. "row limit reached", a query warning), as titles of the
 # chart header's icons.
@@ -74,9 +79,9 @@ def main():
     for chart in charts:
         params = json.loads(session.get(f"{url}/api/v1/chart/{chart['id']}").json()["result"]["params"])
         formats = json.dumps(params)
-        if chart["slice_name"] in ("CTR", "CVR", "CTR over time, top products", "CTR by product", "Revenue and eCPM by product"):
+        if chart["slice_name"] in RATE_CHARTS:
             assert ".2%" in formats, f"chart {chart['slice_name']} does not show rates as percentages"
-        if chart["slice_name"] in ("eCPM", "Revenue", "CTR by product", "Revenue and eCPM by product"):
+        if chart["slice_name"] in MONEY_CHARTS:
             assert "$,.2f" in formats, f"chart {chart['slice_name']} does not show money as currency"
         if chart["id"] in in_scope:
             # As the dashboard sends it: the filter's range in the chart's TEMPORAL_RANGE filter.
@@ -122,7 +127,7 @@ def take_screenshot(url, user, password, dashboard, path):
         port = s.getsockname()[1]
     profile = tempfile.mkdtemp(prefix="chromium-")
     process = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1400,3200",
+                                f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1400,3600",
                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
