@@ -9,7 +9,7 @@ It builds release binaries, creates its own Python virtual environment (default 
 and installs the Python contenders' packages into it from PyPI (confluent-kafka; apache-flink,
 which bundles Flink's runtime jars and needs Java 17), starts a private ClickHouse server and the
 dev broker, and pre-loads the same deterministic stream (documented JSON contract, about 120 bytes
-per event, 10,000 products, about 4 % clicks, 1 s disorder), compressed with zstd as producers
+per event, 10,000 products, about 4 % clicks, 1 s disorder; no user_id or dimensions: see `features`), compressed with zstd as producers
 usually send it, into `impressions` and `clicks` at each partition count of `--partitions`. Then it
 measures each contender `--runs` times and prints one table: median, min and max events/s, and
 CPU-seconds per million events of the contender's own processes over the measured span
@@ -31,6 +31,9 @@ CPU-seconds per million events of the contender's own processes over the measure
                time and CPU, which removes the mini-cluster start and query planning every job pays
   wide         the aggregator end to end on a stream with revenue on clicks and a conversions topic
                (not in the default run)
+  features     the aggregator end to end, events/s, CPU and peak RSS, on the plain stream and on streams
+               with user_id on every event (unique users), with 3 dimensions (--dimensions
+               campaign_id,country,device_type), with 2 % duplicates (--dedup-field event_id), and all three
   memory       window state: bytes per open (product, window) at 100,000 products; per open window, bytes
                per event id remembered for --dedup-field and per distinct user
   latency      result latency (window emitted -> rows acknowledged) p50/p99 and RSS at a steady
@@ -62,10 +65,23 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTENDERS = ["consume", "e2e", "stages", "sink", "clickhouse", "python", "flink", "wide", "memory", "latency", "distinct", "callgrind"]
+CONTENDERS = ["consume", "e2e", "stages", "sink", "clickhouse", "python", "flink", "wide", "features", "memory", "latency", "distinct",
+              "callgrind"]
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "wide"]
 TICKS = os.sysconf("SC_CLK_TCK")
 COMPRESSION = ["--kafka-property", "compression.type=zstd"]
+# The plain stream: the documented contract without users or dimensions (the producer's events
+# carry event_id, which the aggregator ignores without --dedup-field).
+PLAIN_STREAM = ["--no-dimensions", "--anonymous-fraction", "1"]
+DIMENSIONS = "campaign_id,country,device_type"
+# The `features` contender: (label, producer options, aggregator options), each on its own stream.
+FEATURE_RUNS = [
+    ("plain", PLAIN_STREAM, []),
+    ("+ unique users (user_id on every event)", ["--no-dimensions"], []),
+    ("+ 3 dimensions", ["--anonymous-fraction", "1"], ["--dimensions", DIMENSIONS]),
+    ("+ dedup (2 % duplicates)", PLAIN_STREAM + ["--duplicate-fraction", "0.02"], ["--dedup-field", "event_id"]),
+    ("+ all three", ["--duplicate-fraction", "0.02"], ["--dimensions", DIMENSIONS, "--dedup-field", "event_id"]),
+]
 
 
 def log(message):
@@ -235,14 +251,15 @@ class Bench:
 
     # MARK: Stream
 
-    def preload(self, partitions):
-        """A broker with `partitions` per topic holding the stream; returns (process, brokers, truth)."""
+    def preload(self, partitions, stream=PLAIN_STREAM, name="truth"):
+        """A broker with `partitions` per topic holding the stream (`stream`: producer options);
+        returns (process, brokers, truth)."""
         process, brokers = self.start_broker(partitions)
-        truth = os.path.join(self.work, f"truth-{partitions}.json")
+        truth = os.path.join(self.work, f"{name}-{partitions}.json")
         log(f"pre-loading {self.args.events} events into {partitions} partitions per topic ...")
         subprocess.run([self.exe("ctr-producer"), "--brokers", brokers, "--products", str(self.args.products), "--count", str(self.args.events),
                         "--rate", "0", "--event-rate", "20000", "--start-time-ms", "1700000000000", "--seed", "11",
-                        "--truth-file", truth] + COMPRESSION, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        "--truth-file", truth] + list(stream) + COMPRESSION, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(truth) as f:
             data = json.load(f)
         return process, brokers, data
@@ -552,6 +569,8 @@ class Bench:
             self.stages()
         if "wide" in chosen:
             self.wide()
+        if "features" in chosen:
+            self.features()
         if "memory" in chosen:
             self.memory()
         if "latency" in chosen:
@@ -580,6 +599,23 @@ class Bench:
             elapsed, _, cpu, _ = self.aggregator(brokers, closed, f"bench_wide_{run}", ["--conversions-topic", "conversions"])
             self.record("aggregator e2e, revenue + conversions", partitions, total, elapsed, cpu)
         self.stop(broker)
+
+    def features(self):
+        """The aggregator end to end on streams that exercise unique users, dimensions and
+        deduplication, next to the plain stream, at the middle partition count."""
+        partitions = self.args.partitions[len(self.args.partitions) // 2]
+        for index, (label, stream, flags) in enumerate(FEATURE_RUNS):
+            log(f"features: {label} ...")
+            broker, brokers, data = self.preload(partitions, stream, name=f"features-{index}")
+            total = data["events_sent"]["impressions"] + data["events_sent"]["clicks"]
+            closed = sum(1 for w in data["windows"] if not w["open"])
+            peaks = []
+            for run in range(self.args.runs):
+                elapsed, peak, cpu, _ = self.aggregator(brokers, closed, f"bench_features_{index}_{run}", flags)
+                self.record(f"aggregator e2e, {label}", partitions, total, elapsed, cpu)
+                peaks.append(peak)
+            self.notes.append(f"features, {label}: peak RSS {statistics.median(peaks) / 1024:.0f} MiB")
+            self.stop(broker)
 
     def print_table(self, truth_data, total, seconds):
         args = self.args

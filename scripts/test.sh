@@ -53,7 +53,8 @@ python3 -m pytest -q tests/deploy tests/scripts
 ./scripts/fuzz.sh 30
 
 # Exactly-once under faults, reduced size (the full size: see README): every fault kind at least once.
-python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400
+python3 scripts/fault-campaign.py --faults 12 --duration 60 --rate 400 \
+    --dimensions campaign_id,country,device_type --duplicate-fraction 0.02 --dedup --check-uniques --check-rollups
 
 # The native bring-up end to end: setup.sh, Superset (REST and a headless Chromium screenshot in
 # .test-artifacts/), metrics, stop.sh; then the two-replica cluster bring-up (setup.sh --cluster).
