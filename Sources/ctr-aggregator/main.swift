@@ -108,7 +108,8 @@ struct AggregatorCommand: ParsableCommand {
             requestTimeout: timeout
         )
         let maxAttempts = try settings.int("retry-max-attempts", retryMaxAttempts, default: 0)
-        let dimensionFields = settings.string("dimensions", dimensions, default: "").split(separator: ",", omittingEmptySubsequences: false)
+        // Comma-separated on the command line and in CTR_DIMENSIONS; a YAML sequence arrives one item per line.
+        let dimensionFields = settings.string("dimensions", dimensions, default: "").split(whereSeparator: { $0 == "," || $0 == "\n" })
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let deduplicationField = settings.optional("dedup-field", dedupField).map { $0.trimmingCharacters(in: .whitespaces) }
         let clickFieldName = settings.string("click-field", clickField, default: Defaults.clickField)
