@@ -77,9 +77,9 @@ DIMENSIONS = "campaign_id,country,device_type"
 # The `features` contender: (label, producer options, aggregator options), each on its own stream.
 FEATURE_RUNS = [
     ("plain", PLAIN_STREAM, []),
-    ("+ unique users (user_id on every event)", ["--no-dimensions"], []),
+    ("+ unique users (user_id)", ["--no-dimensions"], []),
     ("+ 3 dimensions", ["--anonymous-fraction", "1"], ["--dimensions", DIMENSIONS]),
-    ("+ dedup (2 % duplicates)", PLAIN_STREAM + ["--duplicate-fraction", "0.02"], ["--dedup-field", "event_id"]),
+    ("+ dedup (2 % retries)", PLAIN_STREAM + ["--duplicate-fraction", "0.02"], ["--dedup-field", "event_id"]),
     ("+ all three", ["--duplicate-fraction", "0.02"], ["--dimensions", DIMENSIONS, "--dedup-field", "event_id"]),
 ]
 
@@ -612,7 +612,7 @@ class Bench:
             peaks = []
             for run in range(self.args.runs):
                 elapsed, peak, cpu, _ = self.aggregator(brokers, closed, f"bench_features_{index}_{run}", flags)
-                self.record(f"aggregator e2e, {label}", partitions, total, elapsed, cpu)
+                self.record(f"features: e2e {label}", partitions, total, elapsed, cpu)
                 peaks.append(peak)
             self.notes.append(f"features, {label}: peak RSS {statistics.median(peaks) / 1024:.0f} MiB")
             self.stop(broker)

@@ -178,9 +178,8 @@ struct Synthetic: ParsableCommand {
         guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
         guard campaigns > 0 && campaigns <= 9_999 else { throw ValidationError("--campaigns must be 1 to 9999") }
         guard users > 0 else { throw ValidationError("--users must be positive") }
-        for (name, value) in [("--anonymous-fraction", anonymousFraction), ("--duplicate-fraction", duplicateFraction)] {
-            guard value >= 0 && value < 1 else { throw ValidationError("\(name) must be at least 0 and below 1") }
-        }
+        guard (0...1).contains(anonymousFraction) else { throw ValidationError("--anonymous-fraction must be from 0 to 1") }
+        guard duplicateFraction >= 0 && duplicateFraction < 1 else { throw ValidationError("--duplicate-fraction must be at least 0 and below 1") }
     }
 
     func run() throws {
