@@ -94,7 +94,7 @@ def test_dockerfile_copies_existing_paths():
 # metrics server): histograms as _bucket/_sum/_count, plus the standard process_* metrics.
 SERVED = {
     "ctr_events_consumed_total", "ctr_events_invalid_total", "ctr_events_too_late_total", "ctr_events_late_updates_total",
-    "ctr_events_replayed_total", "ctr_windows_emitted_total", "ctr_window_rows_emitted_total", "ctr_windows_restored_total",
+    "ctr_events_replayed_total", "ctr_events_duplicate_total", "ctr_windows_emitted_total", "ctr_window_rows_emitted_total", "ctr_windows_restored_total",
     "ctr_open_windows", "ctr_watermark_timestamp_seconds", "ctr_watermark_lag_seconds", "ctr_consumer_lag_messages",
     "ctr_offset_commits_total", "ctr_sink_batches_total", "ctr_sink_rows_total", "ctr_sink_retries_total",
     "ctr_sink_failures_total", "ctr_sink_insert_seconds_bucket", "ctr_result_latency_seconds_bucket", "ctr_buffer_rows",
