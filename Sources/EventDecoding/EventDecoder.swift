@@ -387,7 +387,12 @@ struct JSONScanner {
     /// A dimension value: a string (at most ``EventDecoder/maximumDimensionBytes``) or an
     /// integer, as text.
     private mutating func dimensionValue(_ name: String) throws(Rejection) -> String {
-        guard let text = try scalarText() else {
+        let text: String
+        switch try scalar() {
+        case .string(let start, let end, escaped: true): text = try unescape(start, end)
+        case .string(let start, let end, escaped: false), .integer(let start, let end):
+            text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+        case nil:
             throw Rejection(.invalidDimension, "dimension \(name) must be a string or an integer, found \(describeValueStart())")
         }
         guard text.utf8.count <= EventDecoder.maximumDimensionBytes else {
@@ -399,41 +404,38 @@ struct JSONScanner {
     }
 
     /// An identity (`user_id`, the deduplication field): a string or an integer, hashed with
-    /// ``StableHash``; `null` is no identity.
+    /// ``StableHash`` (a string's unescaped bytes, an integer's text); `null` is no identity.
     private mutating func identityValue(_ name: String) throws(Rejection) -> UInt64? {
         if peek() == UInt8(ascii: "n") {
             try literal("null")
             return nil
         }
-        guard let first = peek(), first == quote || first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else {
+        switch try scalar() {
+        case .string(let start, let end, escaped: true):
+            var text = try unescape(start, end)
+            return text.withUTF8 { StableHash.hash(UnsafeRawBufferPointer($0)) }
+        case .string(let start, let end, escaped: false), .integer(let start, let end):
+            return StableHash.hash(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        case nil:
             throw Rejection(.wrongType, "\(name) must be a string, an integer or null, found \(describeValueStart())")
         }
-        if first == quote {
-            let start = index + 1
-            let (end, escaped) = try scanString()
-            if escaped {
-                var text = try unescape(start, end)
-                return text.withUTF8 { StableHash.hash(UnsafeRawBufferPointer($0)) }
-            }
-            return StableHash.hash(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
-        }
-        let start = index
-        try skipNumber()
-        let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
-        guard !text.contains(UInt8(ascii: ".")) && !text.contains(UInt8(ascii: "e")) && !text.contains(UInt8(ascii: "E")) else {
-            throw Rejection(.wrongType, "\(name) must be a string or an integer, found \(String(decoding: text.prefix(32), as: UTF8.self))")
-        }
-        return StableHash.hash(text)
     }
 
-    /// The text of a string (unescaped) or integer value; `nil` (nothing consumed) for any
-    /// other value, and for numbers with a fraction or exponent (consumed).
-    private mutating func scalarText() throws(Rejection) -> String? {
+    /// Where a string or integer value lies in the bytes.
+    private enum Scalar {
+        /// Between the quotes.
+        case string(start: Int, end: Int, escaped: Bool)
+        case integer(start: Int, end: Int)
+    }
+
+    /// Scans a string or an integer value; `nil`, with nothing consumed, for anything else
+    /// (a number with a fraction or an exponent included).
+    private mutating func scalar() throws(Rejection) -> Scalar? {
         guard let first = peek() else { return nil }
         if first == quote {
             let start = index + 1
             let (end, escaped) = try scanString()
-            return escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+            return .string(start: start, end: end, escaped: escaped)
         }
         guard first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) else { return nil }
         let start = index
@@ -443,7 +445,7 @@ struct JSONScanner {
             index = start
             return nil
         }
-        return String(decoding: text, as: UTF8.self)
+        return .integer(start: start, end: index)
     }
 
     /// `revenue`: a non-negative decimal JSON number with at most 6 decimals and no exponent,
