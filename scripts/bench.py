@@ -504,11 +504,14 @@ class Bench:
         events = self.args.callgrind_events
         environment = dict(os.environ, SWIFT_DETERMINISTIC_HASHING="1")
         figures = []
-        for stage, unit in (("decode", "event"), ("windows", "event"), ("encode", "row")):
+        stages = (("decode", "event", []), ("windows", "event", []), ("encode", "row", []),
+                  ("decode", "event with user + 3 dimensions + event id, --dimensions and --dedup-field", ["--features"]),
+                  ("windows", "event with user + 3 dimensions + event id", ["--features"]))
+        for stage, unit, options in stages:
             totals = []
             for skip in ([], ["--skip-stage"]):
                 out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", self.exe("ctr-bench"), "callgrind",
-                                      "--stage", stage, "--events", str(events), "--products", str(self.args.products)] + skip,
+                                      "--stage", stage, "--events", str(events), "--products", str(self.args.products)] + options + skip,
                                      capture_output=True, text=True, env=environment, check=True)
                 collected = next(line for line in out.stderr.splitlines() if "Collected :" in line)
                 totals.append(int(collected.split(":")[-1]))

@@ -78,14 +78,16 @@ public struct SeriesKey: Hashable, Sendable {
 /// window holds the series any more, see ``WindowAggregator/takeReleasedProducts()``) are
 /// forgotten and reused.
 public struct ProductCatalog: Sendable {
-    private var ids: [SeriesKey: ProductID] = [:]
+    /// Series without dimensions, by product alone: the common case keeps the cheaper key.
+    private var productIDs: [ProductKey: ProductID] = [:]
+    private var seriesIDs: [SeriesKey: ProductID] = [:]
     private var keys: [SeriesKey] = []
     private var free: [ProductID] = []
 
     public init() {}
 
     /// Number of series known.
-    public var count: Int { ids.count }
+    public var count: Int { productIDs.count + seriesIDs.count }
 
     /// The id of the series of `product` without dimensions, assigning one on first sight.
     public mutating func id(for product: String) -> ProductID {
@@ -94,21 +96,31 @@ public struct ProductCatalog: Sendable {
 
     /// The id of `series`, assigning one on first sight.
     public mutating func id(for series: SeriesKey) -> ProductID {
-        if let id = ids[series] { return id }
-        let id: ProductID
-        if let reused = free.popLast() {
-            id = reused
-            keys[Int(id)] = series
-        } else {
-            id = ProductID(keys.count)
-            keys.append(series)
+        if series.dimensions.isEmpty {
+            if let id = productIDs[series.product] { return id }
+            let id = assign(series)
+            productIDs[series.product] = id
+            return id
         }
-        ids[series] = id
+        if let id = seriesIDs[series] { return id }
+        let id = assign(series)
+        seriesIDs[series] = id
         return id
     }
 
+    private mutating func assign(_ series: SeriesKey) -> ProductID {
+        if let reused = free.popLast() {
+            keys[Int(reused)] = series
+            return reused
+        }
+        keys.append(series)
+        return ProductID(keys.count - 1)
+    }
+
     /// The id of `series` if it is known.
-    public func existingID(for series: SeriesKey) -> ProductID? { ids[series] }
+    public func existingID(for series: SeriesKey) -> ProductID? {
+        series.dimensions.isEmpty ? productIDs[series.product] : seriesIDs[series]
+    }
 
     /// The product id string of `id`. `id` must come from this catalog and not be released.
     public func name(of id: ProductID) -> String { keys[Int(id)].product.name }
@@ -118,8 +130,12 @@ public struct ProductCatalog: Sendable {
 
     /// Forgets `id`; a later ``id(for:)`` may hand it out for another series.
     public mutating func release(_ id: ProductID) {
-        guard Int(id) < keys.count, let removed = ids.removeValue(forKey: keys[Int(id)]), removed == id else { return }
+        guard Int(id) < keys.count else { return }
+        let series = keys[Int(id)]
+        guard existingID(for: series) == id else { return }
+        if series.dimensions.isEmpty { productIDs[series.product] = nil } else { seriesIDs[series] = nil }
         keys[Int(id)] = SeriesKey(product: ProductKey(""))
         free.append(id)
     }
+
 }

@@ -489,7 +489,9 @@ extension WindowAggregator.OpenWindow {
         if let index = products.index(forKey: product) {
             let restored = products.values[index].restoredPositions
             if restored != .max, offset < restoredPositions[Int(restored)][partition] {
-                remember(user: user, seenKey: seenKey, kind, product, isNew: false, partition: partition, offset: offset, maxBefore: maxBefore)
+                if user != nil || seenKey != nil {
+                    remember(user: user, seenKey: seenKey, kind, product, isNew: false, partition: partition, offset: offset, maxBefore: maxBefore)
+                }
                 return .alreadyCounted
             }
             if let seenKey, seenEvents.contains(seenKey) { return .duplicate }
@@ -513,7 +515,9 @@ extension WindowAggregator.OpenWindow {
             pendingFrom[partition] = offset
             pendingMaxBefore[partition] = maxBefore
         }
-        remember(user: user, seenKey: seenKey, kind, product, isNew: true, partition: partition, offset: offset, maxBefore: maxBefore)
+        if user != nil || seenKey != nil {
+            remember(user: user, seenKey: seenKey, kind, product, isNew: true, partition: partition, offset: offset, maxBefore: maxBefore)
+        }
         return outcome
     }
 
@@ -523,7 +527,6 @@ extension WindowAggregator.OpenWindow {
         user: UInt64?, seenKey: UInt64?, _ kind: EventKind, _ product: ProductID, isNew: Bool, partition: SourcePartition, offset: Int64,
         maxBefore: Int64?
     ) {
-        guard user != nil || seenKey != nil else { return }
         if let seenKey { seenEvents.insert(seenKey) }
         if let user { users[product, default: WindowAggregator.WindowUsers()].record(user, kind, isNew: isNew) }
         if identityFrom[partition] == .max {

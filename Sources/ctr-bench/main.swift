@@ -18,10 +18,15 @@ struct Bench: ParsableCommand {
     )
 }
 
-/// `events` messages of the synthetic stream over `products` products, in memory.
-func generatedMessages(events: Int, products: Int) -> [(InputTopic, [UInt8])] {
+/// `events` messages of the synthetic stream over `products` products, in memory: the plain
+/// stream (no `user_id`, no dimensions), or with `features` every event's user and its
+/// `campaign_id`, `country` and `device_type`.
+func generatedMessages(events: Int, products: Int, features: Bool = false) -> [(InputTopic, [UInt8])] {
     var generator = TrafficGenerator(
-        configuration: TrafficConfiguration(products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000)
+        configuration: TrafficConfiguration(
+            products: products, startTime: Timestamp(milliseconds: 1_700_000_000_000), eventRate: 100_000,
+            anonymousFraction: features ? 0 : 1, emitsDimensions: features
+        )
     )
     var messages: [(InputTopic, [UInt8])] = []
     messages.reserveCapacity(events)
@@ -224,21 +229,22 @@ struct Callgrind: ParsableCommand {
     @Option var events = 20_000
     @Option var products = 10_000
     @Flag(help: "Prepare the inputs but do not run the stage (the baseline to subtract).") var skipStage = false
+    @Flag(help: "Events with user_id and three dimensions, decoded with --dimensions campaign_id,country,device_type and --dedup-field event_id.")
+    var features = false
 
     func run() throws {
-        let messages = generatedMessages(events: events, products: products)
-        let decoder = EventDecoder()
+        let messages = generatedMessages(events: events, products: products, features: features)
+        let decoder = features
+            ? EventDecoder(dimensionFields: EventDimensions.fieldNames, deduplicationField: "event_id") : EventDecoder()
         let now = Timestamp(milliseconds: 1_700_000_000_000)
         var items = 0
         switch stage {
         case .decode:
             if !skipStage { items = Self.decode(messages, decoder, now) }
         case .windows:
-            var decoded: [(EventKind, String, Timestamp)] = []
+            var decoded: [(EventKind, DecodedEvent)] = []
             for (topic, value) in messages {
-                if case .success(let event) = decoder.decode(value, expecting: topic.kind, now: now) {
-                    decoded.append((topic.kind, event.product.name, event.timestamp))
-                }
+                if case .success(let event) = decoder.decode(value, expecting: topic.kind, now: now) { decoded.append((topic.kind, event)) }
             }
             if !skipStage { items = Self.aggregate(decoded) }
         case .encode:
@@ -268,13 +274,14 @@ struct Callgrind: ParsableCommand {
         return valid
     }
 
-    /// The product catalogue lookup and the window state, as the pipeline does per event.
-    @inline(never) static func aggregate(_ decoded: [(EventKind, String, Timestamp)]) -> Int {
+    /// The catalogue lookup and the window state, as the pipeline does per event.
+    @inline(never) static func aggregate(_ decoded: [(EventKind, DecodedEvent)]) -> Int {
         var catalog = ProductCatalog()
         var windows = WindowAggregator(configuration: WindowConfiguration(), partitionCount: 1, now: Timestamp(milliseconds: 0))
         var rows = 0
-        for (index, (kind, product, time)) in decoded.enumerated() {
-            _ = windows.ingest(kind, catalog.id(for: product), at: time, from: 0, offset: Int64(index))
+        for (index, (kind, event)) in decoded.enumerated() {
+            let series = catalog.id(for: SeriesKey(product: event.product, dimensions: event.dimensions))
+            _ = windows.ingest(kind, series, at: event.timestamp, from: 0, offset: Int64(index), user: event.user, eventID: event.eventID)
             if index % 10_000 == 0 { rows += windows.advance(now: Timestamp(milliseconds: Int64(index))).reduce(0) { $0 + $1.rows.count } }
         }
         return rows + windows.advance(now: Timestamp(milliseconds: Int64.max / 2)).reduce(0) { $0 + $1.rows.count }
