@@ -134,63 +134,64 @@ public enum ResultRowEncoder {
     /// The body of a `FORMAT RowBinary` insert of `batch`'s rows: little-endian fixed-width
     /// numbers, `DateTime` as UInt32 seconds, `Decimal(18, 6)` as Int64 micro-units, strings as
     /// a LEB128 length and the bytes, arrays as a LEB128 count and the elements.
+    ///
+    /// Sized first, then written in place: one allocation per batch.
     public static func rowBinary(_ batch: ResultBatch) -> [UInt8] {
-        var body: [UInt8] = []
-        body.reserveCapacity(batch.rowCount * 140)
         var batchID = batch.id
-        let idBytes = batchID.withUTF8 { Array($0) }
-        for row in batch.rows {
-            var product = row.productID
-            product.withUTF8 { appendString($0, to: &body) }
-            appendFixed(UInt32(truncatingIfNeeded: row.windowStart.epochSeconds), to: &body)
-            appendFixed(UInt32(truncatingIfNeeded: row.windowEnd.epochSeconds), to: &body)
-            appendFixed(row.totals.impressions, to: &body)
-            appendFixed(row.totals.clicks, to: &body)
-            appendFixed(row.totals.clickThroughRate.bitPattern, to: &body)
-            appendFixed(row.delta.impressions, to: &body)
-            appendFixed(row.delta.clicks, to: &body)
-            appendFixed(row.totals.conversions, to: &body)
-            appendFixed(row.delta.conversions, to: &body)
-            appendFixed(row.totals.revenueMicros, to: &body)
-            appendFixed(row.delta.revenueMicros, to: &body)
-            appendFixed(row.revision, to: &body)
-            appendFixed(UInt32(truncatingIfNeeded: row.emittedAt.epochSeconds), to: &body)
-            idBytes.withUnsafeBufferPointer { appendString($0, to: &body) }
-            appendFixed(row.uniqueUsers.impressions, to: &body)
-            appendFixed(row.uniqueUsers.clicks, to: &body)
-            appendArray(row.newUsers.impressions, to: &body)
-            appendArray(row.newUsers.clicks, to: &body)
-            for var value in row.dimensions { value.withUTF8 { appendString($0, to: &body) } }
+        return batchID.withUTF8 { id in
+            var size = 0
+            for row in batch.rows {
+                size += fixedBytesPerRow + stringSize(row.productID.utf8.count) + stringSize(id.count)
+                    + arraySize(row.newUsers.impressions.count) + arraySize(row.newUsers.clicks.count)
+                for value in row.dimensions { size += stringSize(value.utf8.count) }
+            }
+            return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+                var writer = RowBinaryWriter(buffer)
+                for row in batch.rows {
+                    writer.string(row.productID)
+                    writer.fixed(UInt32(truncatingIfNeeded: row.windowStart.epochSeconds))
+                    writer.fixed(UInt32(truncatingIfNeeded: row.windowEnd.epochSeconds))
+                    writer.fixed(row.totals.impressions)
+                    writer.fixed(row.totals.clicks)
+                    writer.fixed(row.totals.clickThroughRate.bitPattern)
+                    writer.fixed(row.delta.impressions)
+                    writer.fixed(row.delta.clicks)
+                    writer.fixed(row.totals.conversions)
+                    writer.fixed(row.delta.conversions)
+                    writer.fixed(row.totals.revenueMicros)
+                    writer.fixed(row.delta.revenueMicros)
+                    writer.fixed(row.revision)
+                    writer.fixed(UInt32(truncatingIfNeeded: row.emittedAt.epochSeconds))
+                    writer.bytes(id)
+                    writer.fixed(row.uniqueUsers.impressions)
+                    writer.fixed(row.uniqueUsers.clicks)
+                    writer.array(row.newUsers.impressions)
+                    writer.array(row.newUsers.clicks)
+                    for value in row.dimensions { writer.string(value) }
+                }
+                precondition(writer.offset == size, "RowBinary size computed wrong")
+                count = writer.offset
+            }
         }
-        return body
     }
 
-    @inline(__always)
-    private static func appendArray(_ values: [UInt64], to body: inout [UInt8]) {
-        appendLength(values.count, to: &body)
-        for value in values { appendFixed(value, to: &body) }
-    }
+    /// Bytes of a row's fixed-width columns: two `DateTime`s, nine 64-bit counts, sums and the
+    /// rate, the revision, `emitted_at`, and the two distinct-user counts.
+    private static let fixedBytesPerRow = 4 + 4 + 9 * 8 + 4 + 4 + 2 * 8
 
-    @inline(__always)
-    private static func appendLength(_ count: Int, to body: inout [UInt8]) {
-        var length = count
-        repeat {
-            var byte = UInt8(length & 0x7F)
-            length >>= 7
-            if length > 0 { byte |= 0x80 }
-            body.append(byte)
-        } while length > 0
-    }
+    /// Bytes of a LEB128 length `length` and that many bytes.
+    private static func stringSize(_ length: Int) -> Int { lengthSize(length) + length }
 
-    @inline(__always)
-    private static func appendFixed<T: FixedWidthInteger>(_ value: T, to body: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { body.append(contentsOf: $0) }
-    }
+    private static func arraySize(_ count: Int) -> Int { lengthSize(count) + 8 * count }
 
-    @inline(__always)
-    private static func appendString(_ bytes: UnsafeBufferPointer<UInt8>, to body: inout [UInt8]) {
-        appendLength(bytes.count, to: &body)
-        body.append(contentsOf: bytes)
+    private static func lengthSize(_ length: Int) -> Int {
+        var size = 1
+        var rest = length >> 7
+        while rest > 0 {
+            size += 1
+            rest >>= 7
+        }
+        return size
     }
 
     /// The body of an insert of `batch`'s rows, with the dimension columns `dimensions`.
@@ -245,6 +246,53 @@ public enum ResultRowEncoder {
     private static func appendField(_ name: StaticString, _ value: UInt64, _ body: inout [UInt8]) {
         body.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
         DecimalText.appendInteger(value, to: &body)
+    }
+}
+
+/// Writes RowBinary values into a buffer sized beforehand.
+struct RowBinaryWriter {
+    private let base: UnsafeMutableRawPointer
+    private let capacity: Int
+    private(set) var offset = 0
+
+    init(_ buffer: UnsafeMutableBufferPointer<UInt8>) {
+        base = UnsafeMutableRawPointer(buffer.baseAddress!)
+        capacity = buffer.count
+    }
+
+    @inline(__always)
+    mutating func fixed<T: FixedWidthInteger>(_ value: T) {
+        precondition(offset + MemoryLayout<T>.size <= capacity)
+        base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+        offset += MemoryLayout<T>.size
+    }
+
+    @inline(__always)
+    mutating func length(_ length: Int) {
+        var rest = length
+        repeat {
+            var byte = UInt8(rest & 0x7F)
+            rest >>= 7
+            if rest > 0 { byte |= 0x80 }
+            fixed(byte)
+        } while rest > 0
+    }
+
+    mutating func bytes(_ bytes: UnsafeBufferPointer<UInt8>) {
+        length(bytes.count)
+        precondition(offset + bytes.count <= capacity)
+        if let source = bytes.baseAddress { (base + offset).copyMemory(from: source, byteCount: bytes.count) }
+        offset += bytes.count
+    }
+
+    mutating func string(_ string: String) {
+        var string = string
+        string.withUTF8 { bytes($0) }
+    }
+
+    mutating func array(_ values: [UInt64]) {
+        length(values.count)
+        for value in values { fixed(value) }
     }
 }
 

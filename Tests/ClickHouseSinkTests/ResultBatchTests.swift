@@ -46,6 +46,62 @@ import Testing
         #expect(ResultBatch.day(of: Timestamp(milliseconds: 86_399_999)) == 0)
     }
 
+    /// The RowBinary body, against a byte-by-byte reference of the column order of
+    /// `ResultsTable.rowColumns(dimensions:)`.
+    @Test func encodesRowsAsRowBinary() {
+        let end = Timestamp(milliseconds: 1_700_000_010_000)
+        var batch = ResultBatch(id: "b-1", sequence: 0, generation: 3, day: ResultBatch.day(of: end))
+        let long = String(repeating: "é", count: 100)
+        let rows = [
+            ResultRow(
+                productID: "p", dimensions: ["c-1", long], windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
+                totals: WindowCounts(impressions: 4, clicks: 1, conversions: 2, revenueMicros: 1_500_000),
+                delta: WindowCounts(impressions: 1, clicks: 0, conversions: 1, revenueMicros: 500_000), revision: 2,
+                emittedAt: Timestamp(milliseconds: 1_700_000_020_500), uniqueUsers: UniqueUsers(impressions: 3, clicks: 1),
+                newUsers: UserHashes(impressions: [7, .max], clicks: [])
+            ),
+            ResultRow(
+                productID: "", dimensions: ["", ""], windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
+                totals: WindowCounts(), delta: WindowCounts(), revision: 0, emittedAt: end
+            ),
+        ]
+        for row in rows { batch.append(row) }
+        var expected: [UInt8] = []
+        func fixed<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { expected += $0 } }
+        func length(_ count: Int) {
+            var rest = count
+            repeat {
+                expected.append(UInt8(rest & 0x7F) | (rest >> 7 > 0 ? 0x80 : 0))
+                rest >>= 7
+            } while rest > 0
+        }
+        func string(_ text: String) {
+            length(text.utf8.count)
+            expected += Array(text.utf8)
+        }
+        for row in rows {
+            string(row.productID)
+            fixed(UInt32(row.windowStart.epochSeconds))
+            fixed(UInt32(row.windowEnd.epochSeconds))
+            for value in [row.totals.impressions, row.totals.clicks, row.totals.clickThroughRate.bitPattern, row.delta.impressions, row.delta.clicks,
+                          row.totals.conversions, row.delta.conversions, row.totals.revenueMicros, row.delta.revenueMicros] {
+                fixed(value)
+            }
+            fixed(row.revision)
+            fixed(UInt32(row.emittedAt.epochSeconds))
+            string(batch.id)
+            fixed(row.uniqueUsers.impressions)
+            fixed(row.uniqueUsers.clicks)
+            for users in [row.newUsers.impressions, row.newUsers.clicks] {
+                length(users.count)
+                for user in users { fixed(user) }
+            }
+            for value in row.dimensions { string(value) }
+        }
+        #expect(ResultRowEncoder.rowBinary(batch) == expected)
+        #expect(expected.count > 200, "a two-byte LEB128 length is covered")
+    }
+
     @Test func encodesRowsAsJSONEachRow() {
         var batch = ResultBatch(id: "b-1", sequence: 0, generation: 3, day: ResultBatch.day(of: Timestamp(milliseconds: 1_700_000_010_000)))
         batch.append(
