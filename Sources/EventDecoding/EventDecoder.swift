@@ -371,13 +371,13 @@ struct JSONScanner {
     }
 
     private func field(named name: UnsafeRawBufferPointer, clickField: [UInt8]?) -> Field {
-        if let clickField, name.elementsEqual(clickField) { return .clickFlag }
+        if let clickField, Self.equals(name, clickField) { return .clickFlag }
         if Self.equals(name, "product_id") { return .productID }
         if Self.equals(name, "timestamp") { return .timestamp }
         if Self.equals(name, "event_type") { return .eventType }
         if Self.equals(name, "revenue") { return .revenue }
-        for position in names.dimensions.indices where name.elementsEqual(names.dimensions[position]) { return .dimension(position) }
-        if let deduplication = names.deduplication, name.elementsEqual(deduplication) { return .eventID }
+        for position in names.dimensions.indices where Self.equals(name, names.dimensions[position]) { return .dimension(position) }
+        if let deduplication = names.deduplication, Self.equals(name, deduplication) { return .eventID }
         if Self.equals(name, "user_id") { return .user }
         return .other
     }
@@ -807,6 +807,12 @@ struct JSONScanner {
             }
         }
         return result + "\""
+    }
+
+    private static func equals(_ raw: UnsafeRawBufferPointer, _ bytes: [UInt8]) -> Bool {
+        guard raw.count == bytes.count else { return false }
+        guard raw.count > 0 else { return true }
+        return bytes.withUnsafeBytes { memcmp(raw.baseAddress!, $0.baseAddress!, raw.count) == 0 }
     }
 
     private static func equals(_ raw: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
