@@ -168,7 +168,7 @@ public final class AggregatorPipeline: Sendable {
 
         mutating func pollOnce() {
             let receivedAt = WallClock.now()
-            consumer.poll(maxMessages: configuration.pollBatchSize, timeout: .milliseconds(100)) { message in
+            let delivered = consumer.poll(maxMessages: configuration.pollBatchSize, timeout: .milliseconds(100)) { message in
                 let decoded = message.topicIndex >= 0 && message.topicIndex < shapes.count
                     ? configuration.decoder.decode(message.payload, shape: shapes[message.topicIndex], now: receivedAt)
                     : .failure(Rejection(.wrongType, "message of an unsubscribed topic \(message.topic)"))
@@ -180,7 +180,7 @@ public final class AggregatorPipeline: Sendable {
             }
             for event in consumer.takeRebalanceEvents() { handle(event) }
             processCompletions()
-            perform(machine.pollFinished(observation()))
+            perform(machine.pollFinished(observation(pollWasEmpty: delivered == 0)))
             pipeline.metrics.publish(machine.counters)
             pipeline.metrics.recordProgress()
         }
@@ -205,7 +205,7 @@ public final class AggregatorPipeline: Sendable {
         }
 
         /// What the machine needs to know at the end of a poll.
-        mutating func observation() -> PipelineStateMachine.PollObservation {
+        mutating func observation(pollWasEmpty: Bool = false) -> PipelineStateMachine.PollObservation {
             let now = WallClock.now()
             let errors = consumer.errorCount
             if errors != seenClientErrors {
@@ -229,7 +229,7 @@ public final class AggregatorPipeline: Sendable {
             return PipelineStateMachine.PollObservation(
                 now: now, sinkBufferedRows: sink.bufferedRows, partitionsWithBacklog: backlog,
                 sourceTrouble: now.milliseconds < sourceTroubleUntil, deadLettersPendingFrom: deadLettersPendingFrom,
-                deadLettersFull: deadLetters.isFull
+                deadLettersFull: deadLetters.isFull, pollWasEmpty: pollWasEmpty
             )
         }
 

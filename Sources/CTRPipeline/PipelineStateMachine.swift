@@ -405,10 +405,13 @@ public struct PipelineStateMachine: Sendable {
         /// Whether the dead-letter publisher holds as many unacknowledged letters as it may
         /// (the dead-letter topic is unavailable): consuming pauses until it drains.
         public var deadLettersFull: Bool
+        /// Whether the poll waited its whole timeout without a message. With no backlog and no
+        /// trouble either, the consumer has caught up: nothing is about to join the open batch.
+        public var pollWasEmpty: Bool
 
         public init(
             now: Timestamp, sinkBufferedRows: Int = 0, partitionsWithBacklog: Set<TopicPartition> = [], sourceTrouble: Bool = false,
-            deadLettersPendingFrom: [TopicPartition: Int64] = [:], deadLettersFull: Bool = false
+            deadLettersPendingFrom: [TopicPartition: Int64] = [:], deadLettersFull: Bool = false, pollWasEmpty: Bool = false
         ) {
             self.now = now
             self.sinkBufferedRows = sinkBufferedRows
@@ -416,11 +419,14 @@ public struct PipelineStateMachine: Sendable {
             self.sourceTrouble = sourceTrouble
             self.deadLettersPendingFrom = deadLettersPendingFrom
             self.deadLettersFull = deadLettersFull
+            self.pollWasEmpty = pollWasEmpty
         }
     }
 
     /// The end of a poll: moves processing time, emits due windows into batches, submits full
-    /// or old batches, commits when due, and pauses or resumes consumption for backpressure.
+    /// or old batches (and the open batch as soon as the consumer has caught up: an empty poll
+    /// with no backlog, so waiting out `batchMaxDelay` would only delay its rows), commits
+    /// when due, and pauses or resumes consumption for backpressure.
     public mutating func pollFinished(_ observation: PollObservation) -> [Action] {
         guard phase == .running, assignment != nil else { return [] }
         let now = observation.now
@@ -440,7 +446,8 @@ public struct PipelineStateMachine: Sendable {
         let emissions = assignment!.windows.advance(now: now, holdEmissions: assignment!.holdingEmissions)
         if !emissions.isEmpty { add(emissions, at: now, into: &actions) }
         for product in assignment!.windows.takeReleasedProducts() { catalog.release(product) }
-        if let batch = openBatch, batch.rowCount > 0, now.milliseconds - openBatchCreatedAt >= configuration.batchMaxDelay.value {
+        let caughtUp = observation.pollWasEmpty && observation.partitionsWithBacklog.isEmpty && !observation.sourceTrouble
+        if let batch = openBatch, batch.rowCount > 0, caughtUp || now.milliseconds - openBatchCreatedAt >= configuration.batchMaxDelay.value {
             submitOpenBatch(into: &actions)
         }
         if now.milliseconds - lastCommitAt >= configuration.commitInterval.value, let commit = commitAction(observation) {

@@ -121,6 +121,20 @@ import Testing
         #expect(next.first?.positions.last == PartitionPosition(partition: "impressions:0", nextOffset: 6))
     }
 
+    @Test func theOpenBatchLeavesAsSoonAsTheConsumerHasCaughtUp() {
+        var machine = running()
+        for (offset, product) in ["a", "b"].enumerated() { _ = machine.consumed(topicIndex: 0, partition: 0, offset: Int64(offset), impression(product, 1_000)) }
+        _ = machine.consumed(topicIndex: 0, partition: 0, offset: 2, impression("c", 12_500))
+        #expect(submitted(machine.pollFinished(.init(now: at(10)))).isEmpty, "window [0, 10 s) fired: two rows wait in the open batch")
+        #expect(
+            submitted(machine.pollFinished(.init(now: at(110), partitionsWithBacklog: [impressions0], pollWasEmpty: true))).isEmpty,
+            "an empty poll with a backlog: more messages are on their way"
+        )
+        #expect(submitted(machine.pollFinished(.init(now: at(120), sourceTrouble: true, pollWasEmpty: true))).isEmpty, "the broker is in trouble")
+        let batches = submitted(machine.pollFinished(.init(now: at(130), pollWasEmpty: true)))
+        #expect(batches.map { $0.rows.map(\.productID) } == [["a", "b"]], "caught up: the batch leaves before the 250 ms batch delay")
+    }
+
     @Test func anEmissionLargerThanTheCapIsSplitIntoBatchesWithOnePosition() {
         var machine = running(batchMaxRows: 2)
         for (offset, product) in ["a", "b", "c", "d", "e"].enumerated() {
