@@ -18,7 +18,9 @@ CPU-seconds per million events of the contender's own processes over the measure
   consume      librdkafka consume-and-discard (ctr-bench consume): the consumer limit, per partition count
   e2e          ctr-aggregator: consume, decode, windows, rows acknowledged by ClickHouse, timed until
                every closed window of the stream is in ctr_results_raw, per partition count; also its
-               sink rows/s (ctr_sink_rows_total over ctr_sink_insert_seconds_sum)
+               sink rows/s (ctr_sink_rows_total over ctr_sink_insert_seconds_sum), and where its pipeline thread
+               spent the span: on a CPU, runnable but waiting for a core (other processes on the machine), or
+               blocked (waiting for messages); /proc/<pid>/task/<pid>/schedstat
   stages       decode only, windows only (ctr-bench stages, events in memory)
   sink         rows/s into ctr_results_raw (ctr-bench sink; CPU of the client and the ClickHouse server)
   clickhouse   ClickHouse ingesting the raw events (INSERT ... FORMAT JSONEachRow) and computing the
@@ -123,6 +125,18 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / TICKS
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def thread_times(pid):
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of the process's main thread,
+    from /proc/<pid>/task/<pid>/schedstat; the rest of a span it was blocked (waiting on I/O,
+    a lock, a timeout)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def children_cpu():
@@ -289,11 +303,11 @@ class Bench:
         try:
             # Timed from the first message consumed (the group join of the mock cluster takes about
             # 3 s and is not the aggregator's work) to the last closed window in ClickHouse.
-            started, cpu_start = None, 0.0
+            started, cpu_start, thread_start = None, 0.0, (0.0, 0.0)
             while started is None and time.time() - launched < 120:
                 try:
                     if metric_values(scrape(port), "ctr_events_consumed_total") > 0:
-                        started, cpu_start = time.time(), cpu_seconds(process.pid)
+                        started, cpu_start, thread_start = time.time(), cpu_seconds(process.pid), thread_times(process.pid)
                 except OSError:
                     pass
                 time.sleep(0.01)
@@ -305,6 +319,10 @@ class Bench:
                     break
                 time.sleep(0.02)
             elapsed, cpu = time.time() - started, cpu_seconds(process.pid) - cpu_start
+            # Where the pipeline thread (poll, decode, windows) spent the span: working, waiting for
+            # one of the machine's cores (other processes), or blocked (waiting for messages, ...).
+            on_cpu, waiting = (now - before for now, before in zip(thread_times(process.pid), thread_start))
+            self.pipeline_thread = (elapsed, on_cpu, waiting, max(elapsed - on_cpu - waiting, 0.0))
             # Rows are visible in ClickHouse a moment before the aggregator has its answer and
             # counts them: wait for the counters to catch up before reading the sink's figures.
             rows = int(query(self.url, database, "SELECT count() FROM ctr_results_raw") or 0)
@@ -550,6 +568,9 @@ class Bench:
                 if "e2e" in chosen:
                     elapsed, peak, cpu, sink_rate = self.aggregator(brokers, closed_windows, database)
                     self.record("aggregator end to end", partitions, total, elapsed, cpu)
+                    span, on_cpu, waiting, blocked = self.pipeline_thread
+                    self.notes.append(f"aggregator pipeline thread at {partitions} partitions, run {run + 1}: of {span:.2f} s, on a CPU {on_cpu:.2f} s, "
+                                      f"runnable waiting for a core {waiting:.2f} s, blocked {blocked:.2f} s")
                     self.record("  its sink (rows/s of insert time)", partitions, sink_rate, 1.0, None)
                     self.peak_backlog = max(getattr(self, "peak_backlog", 0), peak)
                 else:
