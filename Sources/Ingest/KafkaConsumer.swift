@@ -84,10 +84,11 @@ public final class KafkaConsumer {
     /// bytes). Once it is over either bound, librdkafka (before 2.2, which adds
     /// `fetch.queue.backoff.ms`) stops fetching until its broker thread next wakes up on its
     /// own, about a second later: the queue must hold more than a second of consumption, or a
-    /// consumer working through a backlog starves for the rest of every second. 64 MiB (the
-    /// librdkafka default; about 550,000 events of 120 bytes) holds more than a second at the
-    /// aggregator's rate; 16 MiB held a third of one and capped a catch-up at about 150,000
-    /// events/s whatever the CPU.
+    /// consumer slower than its fetches (one with work to do, catching up on a backlog) starves
+    /// for the rest of every second. 64 MiB (the librdkafka default; about 550,000 events of
+    /// 120 bytes) holds more than a second at the aggregator's rate; 16 MiB held a third of
+    /// one, and the aggregator's pipeline thread sat blocked for half of a catch-up. The price
+    /// is memory: up to about 300 bytes per queued event (payload and librdkafka's message).
     public static let defaultProperties: [String: String] = [
         "enable.auto.commit": "false",
         "enable.auto.offset.store": "false",
