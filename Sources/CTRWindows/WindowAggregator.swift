@@ -438,10 +438,12 @@ public struct WindowAggregator: Sendable {
         let lateness = configuration.allowedLateness.value
         var emissions: [WindowEmission] = []
         var expired: [Int64] = []
-        for index in windows.indices {
-            let start = windows.keys[index]
+        // The due windows' starts first: iterating `windows.indices` while mutating would keep a
+        // second reference to the storage, and every emitting window would copy its state.
+        let due = windows.keys.filter { $0 &+ size <= watermark }
+        for start in due {
             let end = start &+ size
-            guard end <= watermark else { continue }
+            guard let index = windows.index(forKey: start) else { continue }
             if let emission = windows.values[index].emit(start: start, end: end) {
                 emissions.append(emission)
             }

@@ -378,6 +378,8 @@ struct JSONLogHandler: LogHandler {
 /// The release this source tree is; `ctr_build_info{version}` and `--version`.
 let ctrPipelineVersion = "0.1.0"
 
+// Before any thread starts (see AllocatorSettings).
+AllocatorSettings.apply(environment: ProcessInfo.processInfo.environment)
 AggregatorCommand.main()
 
 /// Milliseconds of a duration such as `60s`, `1500ms`, `2m` or `1h` (a bare number is seconds).
