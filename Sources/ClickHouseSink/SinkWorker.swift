@@ -34,7 +34,9 @@ public struct SinkStatistics: Sendable {
 /// fetching (bounded memory while ClickHouse is unreachable).
 public final class SinkWorker: @unchecked Sendable {
     private let condition = NSCondition()
-    private var queue: [ResultBatch] = []
+    /// Submitted batches from `queueHead` on; a slot is emptied when its batch is taken, so a
+    /// written batch's rows are freed at once, not when the array is next compacted.
+    private var queue: [ResultBatch?] = []
     private var queueHead = 0
     private var completions: [SinkCompletion] = []
     private var stopping = false
@@ -73,9 +75,9 @@ public final class SinkWorker: @unchecked Sendable {
     public func cancel(generationsBelow generation: Int32) -> [UInt64] {
         condition.lock()
         defer { condition.unlock() }
-        var kept: [ResultBatch] = []
+        var kept: [ResultBatch?] = []
         var dropped: [UInt64] = []
-        for batch in queue[queueHead...] {
+        for case let batch? in queue[queueHead...] {
             if batch.generation < generation {
                 dropped.append(batch.sequence)
                 rowsBuffered -= batch.rowCount
@@ -102,6 +104,13 @@ public final class SinkWorker: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return rowsBuffered
+    }
+
+    /// Batches the worker holds: queued and not yet taken by the sink thread.
+    var heldBatches: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
     }
 
     public var currentStatistics: SinkStatistics {
@@ -148,7 +157,8 @@ public final class SinkWorker: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let batch = queue[queueHead]
+            guard let batch = queue[queueHead] else { preconditionFailure("a queued batch was taken twice") }
+            queue[queueHead] = nil
             queueHead += 1
             if queueHead > 64 && queueHead * 2 > queue.count {
                 queue.removeFirst(queueHead)

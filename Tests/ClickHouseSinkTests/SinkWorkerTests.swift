@@ -51,6 +51,20 @@ import Testing
         #expect(store.rows.map(\.batchID) == ["b-0", "b-0", "b-1", "b-1", "b-2", "b-2", "b-3", "b-3", "b-4", "b-4"])
     }
 
+    /// Issue 12, item 7: written batches were kept in the queue until 64 had piled up, each with
+    /// its rows (about 10 MiB at 50,000 rows), whatever `--buffer-max-rows` said.
+    @Test func aWrittenBatchIsNotHeldAnyLonger() {
+        let store = InMemoryResultsStore(consumerGroup: "g")
+        let sink = SinkWorker(store: store)
+        for sequence in 0..<3 { sink.submit(batch(UInt64(sequence))) }
+        #expect(sink.heldBatches == 3)
+        sink.start()
+        defer { sink.stop() }
+        #expect(sequences(drain(sink, count: 3)) == [0, 1, 2])
+        #expect(sink.waitUntilIdle(timeout: .seconds(5)))
+        #expect(sink.heldBatches == 0)
+    }
+
     @Test func cancelledBatchesOfARevokedGenerationAreNeverWritten() {
         let store = InMemoryResultsStore(consumerGroup: "g")
         let sink = SinkWorker(store: store)
