@@ -276,7 +276,9 @@ struct JSONScanner {
         var sawEventType = false
         var revenue: UInt64?
         var clicked: Bool?
-        var dimensions: [String?] = names.dimensions.isEmpty ? [] : Array(repeating: nil, count: names.dimensions.count)
+        var dimensions: [String] = names.dimensions.isEmpty ? [] : Array(repeating: "", count: names.dimensions.count)
+        // Bit `position` set: that dimension was read (at most 8 of them).
+        var dimensionsSeen: UInt8 = 0
         var user: UInt64??
         var eventID: UInt64??
         skipWhitespace()
@@ -310,15 +312,16 @@ struct JSONScanner {
                     clicked = try clickFlagValue()
                 case .user:
                     guard user == nil else { throw Rejection(.duplicateField, "\(EventDecoder.userField) appears twice") }
-                    user = .some(try identityValue(EventDecoder.userField))
+                    user = .some(try identityValue(named: Self.userFieldBytes))
                 case .eventID:
                     guard eventID == nil else { throw Rejection(.duplicateField, "\(fieldName(names.deduplication)) appears twice") }
-                    eventID = .some(try identityValue(fieldName(names.deduplication)))
+                    eventID = .some(try identityValue(named: names.deduplication ?? []))
                 case .dimension(let position):
-                    guard dimensions[position] == nil else {
+                    guard dimensionsSeen & (1 << position) == 0 else {
                         throw Rejection(.duplicateField, "\(fieldName(names.dimensions[position])) appears twice")
                     }
-                    dimensions[position] = try dimensionValue(fieldName(names.dimensions[position]))
+                    dimensions[position] = try dimensionValue(named: names.dimensions[position])
+                    dimensionsSeen |= 1 << position
                 case .other:
                     try skipValue(depth: 1)
                 }
@@ -353,7 +356,7 @@ struct JSONScanner {
         }
         return DecodedEvent(
             product: productID, timestamp: Timestamp(milliseconds: timestamp), revenueMicros: revenue ?? 0, clicked: clicked ?? false,
-            dimensions: dimensions.map { $0 ?? "" }, user: user ?? nil, eventID: eventID ?? nil
+            dimensions: dimensions, user: user ?? nil, eventID: eventID ?? nil
         )
     }
 
@@ -378,26 +381,29 @@ struct JSONScanner {
         if Self.equals(name, "revenue") { return .revenue }
         for position in names.dimensions.indices where Self.equals(name, names.dimensions[position]) { return .dimension(position) }
         if let deduplication = names.deduplication, Self.equals(name, deduplication) { return .eventID }
-        if Self.equals(name, "user_id") { return .user }
+        if Self.equals(name, Self.userFieldBytes) { return .user }
         return .other
     }
 
     private func fieldName(_ bytes: [UInt8]?) -> String { String(decoding: bytes ?? [], as: UTF8.self) }
 
+    private static let userFieldBytes = Array(EventDecoder.userField.utf8)
+
     /// A dimension value: a string (at most ``EventDecoder/maximumDimensionBytes``) or an
     /// integer, as text.
-    private mutating func dimensionValue(_ name: String) throws(Rejection) -> String {
+    /// `name` is the field's name as bytes: its text is built only for an error.
+    private mutating func dimensionValue(named name: [UInt8]) throws(Rejection) -> String {
         let text: String
         switch try scalar() {
         case .string(let start, let end, escaped: true): text = try unescape(start, end)
         case .string(let start, let end, escaped: false), .integer(let start, let end):
             text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
         case nil:
-            throw Rejection(.invalidDimension, "dimension \(name) must be a string or an integer, found \(describeValueStart())")
+            throw Rejection(.invalidDimension, "dimension \(fieldName(name)) must be a string or an integer, found \(describeValueStart())")
         }
         guard text.utf8.count <= EventDecoder.maximumDimensionBytes else {
             throw Rejection(
-                .invalidDimension, "dimension \(name) is \(text.utf8.count) bytes, the limit is \(EventDecoder.maximumDimensionBytes)"
+                .invalidDimension, "dimension \(fieldName(name)) is \(text.utf8.count) bytes, the limit is \(EventDecoder.maximumDimensionBytes)"
             )
         }
         return text
@@ -405,7 +411,7 @@ struct JSONScanner {
 
     /// An identity (`user_id`, the deduplication field): a string or an integer, hashed with
     /// ``StableHash`` (a string's unescaped bytes, an integer's text); `null` is no identity.
-    private mutating func identityValue(_ name: String) throws(Rejection) -> UInt64? {
+    private mutating func identityValue(named name: [UInt8]) throws(Rejection) -> UInt64? {
         if peek() == UInt8(ascii: "n") {
             try literal("null")
             return nil
@@ -417,7 +423,7 @@ struct JSONScanner {
         case .string(let start, let end, escaped: false), .integer(let start, let end):
             return StableHash.hash(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
         case nil:
-            throw Rejection(.wrongType, "\(name) must be a string, an integer or null, found \(describeValueStart())")
+            throw Rejection(.wrongType, "\(fieldName(name)) must be a string, an integer or null, found \(describeValueStart())")
         }
     }
 
