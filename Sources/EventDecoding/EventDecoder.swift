@@ -536,6 +536,7 @@ struct JSONScanner {
         if first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) {
             let start = index
             try skipNumber()
+            if let milliseconds = Self.shortInteger(UnsafeRawBufferPointer(rebasing: bytes[start..<index])) { return milliseconds }
             let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
             var value: Int64 = 0
             var negative = false
@@ -562,8 +563,10 @@ struct JSONScanner {
         }
         let start = index + 1
         let (end, escaped) = try scanString()
+        var name = expected.eventTypeName
+        if !escaped, name.withUTF8({ Self.equals(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), UnsafeRawBufferPointer($0)) }) { return }
         let value = escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
-        guard value == expected.eventTypeName else {
+        guard value == name else {
             throw Rejection(.wrongEventType, "event_type \(Self.quoted(value)) on the \(expected.eventTypeName)s topic must be \"\(expected.eventTypeName)\"")
         }
     }
@@ -674,7 +677,9 @@ struct JSONScanner {
     private mutating func scanString() throws(Rejection) -> (end: Int, escaped: Bool) {
         index += 1
         var escaped = false
-        while index < bytes.count {
+        while true {
+            skipPlainASCII()
+            guard index < bytes.count else { break }
             let byte = bytes[index]
             if byte == quote {
                 let end = index
@@ -706,6 +711,35 @@ struct JSONScanner {
             }
         }
         throw Rejection(.notJSON, "unterminated string")
+    }
+
+    /// Moves `index` to the first byte, at or after it, that is a quote, a backslash, a control
+    /// character or not ASCII, eight bytes at a time; stops short of the last seven bytes of
+    /// the message, which the caller reads one by one.
+    private mutating func skipPlainASCII() {
+        while index + 8 <= bytes.count {
+            let special = Self.specialBytes(UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)))
+            if special != 0 {
+                index += special.trailingZeroBitCount / 8
+                return
+            }
+            index += 8
+        }
+    }
+
+    /// The high bit of each byte of `word` (little-endian) that is a quote, a backslash, below
+    /// 0x20 or above 0x7F. Bits above the lowest may be spurious (a borrow carries upward), the
+    /// lowest is exact, and the result is 0 exactly when no byte is special.
+    @inline(__always)
+    static func specialBytes(_ word: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits: UInt64 = 0x8080_8080_8080_8080
+        let quotes = word ^ (ones &* UInt64(quote))
+        let backslashes = word ^ (ones &* UInt64(backslash))
+        let isQuote = (quotes &- ones) & ~quotes
+        let isBackslash = (backslashes &- ones) & ~backslashes
+        let isControl = (word &- ones &* 0x20) & ~word
+        return (isQuote | isBackslash | isControl | word) & highBits
     }
 
     private mutating func skipUTF8Sequence() throws(Rejection) {
@@ -819,6 +853,24 @@ struct JSONScanner {
         guard raw.count == bytes.count else { return false }
         guard raw.count > 0 else { return true }
         return bytes.withUnsafeBytes { memcmp(raw.baseAddress!, $0.baseAddress!, raw.count) == 0 }
+    }
+
+    private static func equals(_ raw: UnsafeRawBufferPointer, _ other: UnsafeRawBufferPointer) -> Bool {
+        raw.count == other.count && (raw.count == 0 || memcmp(raw.baseAddress!, other.baseAddress!, raw.count) == 0)
+    }
+
+    /// An optional minus and 1 to 18 decimal digits (which cannot overflow `Int64`), else nil.
+    private static func shortInteger(_ text: UnsafeRawBufferPointer) -> Int64? {
+        let negative = text.first == UInt8(ascii: "-")
+        let digits = negative ? UnsafeRawBufferPointer(rebasing: text.dropFirst()) : text
+        guard (1...18).contains(digits.count) else { return nil }
+        var value: Int64 = 0
+        for byte in digits {
+            let digit = byte &- 0x30
+            guard digit < 10 else { return nil }
+            value = value &* 10 &+ Int64(digit)
+        }
+        return negative ? -value : value
     }
 
     private static func equals(_ raw: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
