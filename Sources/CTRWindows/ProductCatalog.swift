@@ -3,15 +3,36 @@
 public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
     /// The product id exactly as received.
     public let name: String
+    /// `name`'s bytes hashed once, with this process's random seed (``Hasher``): a dictionary
+    /// lookup hashes this one word, and keys that differ are almost always told apart by it
+    /// without comparing their bytes.
+    @usableFromInline let digest: Int
 
     @inlinable
-    public init(_ name: String) { self.name = name }
+    public init(_ name: String) {
+        self.name = name
+        self.digest = Self.digest(of: name)
+    }
+
+    @inlinable
+    static func digest(of text: String) -> Int {
+        var text = text
+        var hasher = Hasher()
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        return hasher.finalize()
+    }
 
     @inlinable
     public static func == (lhs: ProductKey, rhs: ProductKey) -> Bool {
-        var left = lhs.name
-        var right = rhs.name
-        return left.withUTF8 { a in right.withUTF8 { b in bytesEqual(a, b) } }
+        lhs.digest == rhs.digest && sameBytes(lhs.name, rhs.name)
+    }
+
+    /// Whether `a` and `b` are the same bytes (not merely canonically equivalent text).
+    @inlinable
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        var a = a
+        var b = b
+        return a.withUTF8 { a in b.withUTF8 { b in bytesEqual(a, b) } }
     }
 
     /// Byte equality, eight bytes at a time.
@@ -36,8 +57,7 @@ public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
 
     @inlinable
     public func hash(into hasher: inout Hasher) {
-        var name = self.name
-        name.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        hasher.combine(digest)
     }
 
     public var description: String { name }
@@ -58,7 +78,7 @@ public struct SeriesKey: Hashable, Sendable {
     @inlinable
     public static func == (lhs: SeriesKey, rhs: SeriesKey) -> Bool {
         guard lhs.product == rhs.product, lhs.dimensions.count == rhs.dimensions.count else { return false }
-        for index in lhs.dimensions.indices where ProductKey(lhs.dimensions[index]) != ProductKey(rhs.dimensions[index]) {
+        for index in lhs.dimensions.indices where !ProductKey.sameBytes(lhs.dimensions[index], rhs.dimensions[index]) {
             return false
         }
         return true
@@ -66,8 +86,14 @@ public struct SeriesKey: Hashable, Sendable {
 
     @inlinable
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(product)
-        for value in dimensions { hasher.combine(ProductKey(value)) }
+        hasher.combine(product.digest)
+        for value in dimensions {
+            var value = value
+            value.withUTF8 { bytes in
+                hasher.combine(bytes.count)
+                hasher.combine(bytes: UnsafeRawBufferPointer(bytes))
+            }
+        }
     }
 }
 
