@@ -41,7 +41,8 @@ CPU-seconds per million events of the contender's own processes over the measure
   latency      result latency (window emitted -> rows acknowledged) p50/p99 and RSS at a steady
                100,000 events/s
   distinct     the aggregator's peak RSS while --distinct-ids impressions, each with a new product id,
-               stream through (stopped at --rss-limit-mib)
+               stream through (stopped at --rss-limit-mib), and the peak so far after each fifth of them;
+               produced as fast as possible, or paced at --distinct-rate events/s and consumed as they arrive
   callgrind    instructions per event of the in-process stages (decode, windows, batch encoding),
                counted with valgrind --tool=callgrind through `ctr-bench callgrind`: the repeatable
                figure to judge a hot-path change on a noisy machine
@@ -474,8 +475,9 @@ class Bench:
         raise RuntimeError("the aggregator got no partitions")
 
     def distinct(self):
-        count = self.args.distinct_ids
-        log(f"distinct ids: {count} impressions, each with a new product id ...")
+        count, rate = self.args.distinct_ids, self.args.distinct_rate
+        paced = f", produced at {rate:,} events/s and consumed as they arrive" if rate else ""
+        log(f"distinct ids: {count} impressions, each with a new product id{paced} ...")
         database = "bench_distinct"
         self.migrate(database)
         broker, brokers = self.start_broker(96)
@@ -487,9 +489,12 @@ class Bench:
         producer = None
         try:
             self.wait_for_assignment(port)
-            producer = subprocess.Popen([self.exe("ctr-bench"), "distinct-producer", "--brokers", brokers, "--count", str(count)] + COMPRESSION,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            producer = subprocess.Popen([self.exe("ctr-bench"), "distinct-producer", "--brokers", brokers, "--count", str(count),
+                                         "--rate", str(rate)] + COMPRESSION, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             peak, consumed, last_change, previous, stopped = 0, 0, time.time(), -1, None
+            # The peak so far each time another fifth of the ids has streamed through: memory
+            # that grows with the number of distinct ids shows as a rising sequence.
+            checkpoints, peaks = [count * k // 5 for k in range(1, 6)], []
             while True:
                 peak = max(peak, rss_kib(aggregator.pid))
                 if peak > self.args.rss_limit_mib * 1024:
@@ -499,6 +504,8 @@ class Bench:
                     consumed = int(metric_values(scrape(port), "ctr_events_consumed_total"))
                 except OSError:
                     pass
+                while checkpoints and consumed >= checkpoints[0]:
+                    peaks.append((checkpoints.pop(0), peak))
                 if consumed != previous:
                     previous, last_change = consumed, time.time()
                 if consumed >= count:
@@ -507,8 +514,9 @@ class Bench:
                     stopped = "consumption stalled for 60 s"
                     break
                 time.sleep(0.2)
-            self.notes.append(f"peak RSS while {consumed:,} distinct product ids streamed through: {peak / 1024:.0f} MiB"
-                              + (f" ({stopped})" if stopped else ""))
+            progression = ", ".join(f"{ids / 1e6:g} M: {kib / 1024:.0f}" for ids, kib in peaks)
+            self.notes.append(f"peak RSS while {consumed:,} distinct product ids streamed through{paced}: {peak / 1024:.0f} MiB"
+                              + (f" ({stopped})" if stopped else "") + (f"; peak so far, by ids consumed: {progression} MiB" if peaks else ""))
         finally:
             if producer is not None:
                 self.stop(producer)
@@ -699,6 +707,8 @@ def main():
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (aggregator logs, dumps) and print its path")
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--distinct-ids", type=int, default=5_000_000)
+    parser.add_argument("--distinct-rate", type=int, default=0,
+                        help="events/s at which the distinct-ids stream is produced while the aggregator consumes it (default 0: as fast as possible)")
     parser.add_argument("--rss-limit-mib", type=int, default=4096, help="stop the distinct-ids run above this RSS (default 4096)")
     parser.add_argument("--callgrind-events", type=int, default=20_000)
     parser.add_argument("--flink-parallelism", type=int, default=1)

@@ -302,6 +302,7 @@ struct DistinctProducer: ParsableCommand {
     @Option var topic = "impressions"
     @Option var count = 5_000_000
     @Option(help: "Events per second of event time.") var eventRate: Int64 = 10_000
+    @Option(help: "Events per second of processing time, paced; 0 sends as fast as the broker takes them.") var rate: Int64 = 0
     @Option(help: "Extra librdkafka property KEY=VALUE; repeatable.") var kafkaProperty: [String] = []
 
     func run() throws {
@@ -318,7 +319,11 @@ struct DistinctProducer: ParsableCommand {
             let time = firstEvent + Int64(index) * 1000 / eventRate
             let value = #"{"product_id":"\#(product)","timestamp":\#(time),"event_type":"impression"}"#
             try producer.send(topic: topic, key: Array(product.utf8), value: Array(value.utf8))
-            if index % 10_000 == 0 { producer.poll() }
+            if index % 1_000 == 0 {
+                producer.poll()
+                let ahead = start + .milliseconds(Int64(index) * 1000 / max(rate, 1)) - .now
+                if rate > 0, ahead > .zero { Thread.sleep(forTimeInterval: Double(ahead.components.seconds) + Double(ahead.components.attoseconds) / 1e18) }
+            }
         }
         try producer.flush(timeout: .seconds(120))
         report("distinct-producer", events: count, seconds: seconds(since: start))

@@ -19,15 +19,11 @@ import Testing
         FROM ctr_latest_view FINAL ORDER BY product_id
         """
 
-    func schemaTool(_ arguments: [String]) throws -> CommandResult {
-        try ChildProcess.run(PackagePaths.builtExecutable("schema-tool"), arguments)
-    }
-
     @Test func latestViewGainsConversionsAndRevenueWhileInsertsRun() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "latest")
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
-                      "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
-        let before = try schemaTool(["migrate", "--to", "7"] + common)
+                      "--migrations-dir", PackagePaths.migrationsDirectory]
+        let before = try ChildProcess.schemaTool(["migrate", "--to", "7"] + common)
         #expect(before.status == 0, "\(before.stderr)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
 
@@ -35,7 +31,7 @@ import Testing
         for _ in 0..<10 { try writer.insert() }
         writer.start()
         try #require(writer.waitForBatches(20), "the writer inserts before the migration starts")
-        let migrated = try schemaTool(
+        let migrated = try ChildProcess.schemaTool(
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1"] + common
         )
         let during = writer.batches
@@ -51,7 +47,7 @@ import Testing
         #expect(latest.allSatisfy { $0.count == 7 && $0[5] != "0" && $0[6] != "0.000000" }, "conversions and revenue are carried: \(latest.prefix(2))")
         #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'ctr_latest_feed_v2'") == "0")
 
-        let verified = try schemaTool(["verify"] + common)
+        let verified = try ChildProcess.schemaTool(["verify"] + common)
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
     }
 
@@ -60,14 +56,14 @@ import Testing
     @Test func dimensionRollupsAreFilledInPlaceWhileInsertsRun() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "dims_migration")
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
-                      "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
-        #expect(try schemaTool(["migrate", "--to", "9"] + common).status == 0)
+                      "--migrations-dir", PackagePaths.migrationsDirectory]
+        #expect(try ChildProcess.schemaTool(["migrate", "--to", "9"] + common).status == 0)
         let connection = try ClickHouseConnection(endpoint: endpoint)
         let writer = try LatestRowWriter(endpoint)
         for _ in 0..<10 { try writer.insert() }
         writer.start()
         try #require(writer.waitForBatches(20), "the writer inserts before the migration starts")
-        let migrated = try schemaTool(
+        let migrated = try ChildProcess.schemaTool(
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1",
              "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2", "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + common
         )
@@ -101,15 +97,15 @@ import Testing
         }
         let latest = try connection.rows(Self.latest)
         #expect(latest == (try connection.rows(Self.expected)))
-        let verified = try schemaTool(["verify"] + common)
+        let verified = try ChildProcess.schemaTool(["verify"] + common)
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
     }
 
     @Test func onAnEmptyDatabaseNothingWaits() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "latest_empty")
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database,
-                      "--migrations-dir", PackagePaths.root.appendingPathComponent("migrations").path]
-        let migrated = try schemaTool(["migrate"] + common)
+                      "--migrations-dir", PackagePaths.migrationsDirectory]
+        let migrated = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(migrated.status == 0, "\(migrated.stderr)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
         let writer = try LatestRowWriter(endpoint)

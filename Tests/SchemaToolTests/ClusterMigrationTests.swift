@@ -8,16 +8,6 @@ import Testing
 /// servers) started by scripts/clickhouse-cluster.sh.
 @Suite(.serialized) struct ClusterMigrationTests {
     static let counter = Atomic<Int>(0)
-    let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
-    /// How many migrations are shipped (later ones are added by other work).
-    var shippedCount: Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: migrationsDirectory)) ?? []).filter { $0.hasSuffix(".sql") }.count
-    }
-
-    func schemaTool(_ arguments: [String]) throws -> CommandResult {
-        try ChildProcess.run(PackagePaths.executable("schema-tool"), arguments)
-    }
-
     /// A database name not used before, and an endpoint for it on every replica.
     func newDatabase(_ prefix: String) throws -> [ClickHouseEndpoint] {
         let name = "\(prefix)_\(ProcessInfo.processInfo.processIdentifier)_\(Self.counter.wrappingAdd(1, ordering: .relaxed).newValue)"
@@ -26,7 +16,7 @@ import Testing
 
     func arguments(_ endpoint: ClickHouseEndpoint, migrations: String? = nil) -> [String] {
         [
-            "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations ?? migrationsDirectory,
+            "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations ?? PackagePaths.migrationsDirectory,
             "--cluster", ClickHouseTestCluster.name,
         ]
     }
@@ -46,13 +36,13 @@ import Testing
 
     @Test func migrateCreatesReplicatedSchemaAndOneLedgerOnEveryReplica() throws {
         let replicas = try newDatabase("cluster")
-        let plan = try schemaTool(["plan"] + arguments(replicas[1]))
+        let plan = try ChildProcess.schemaTool(["plan"] + arguments(replicas[1]))
         #expect(plan.status == 0, "\(plan.stderr)")
         #expect(plan.stdout.contains("CREATE TABLE IF NOT EXISTS \(replicas[0].database).ctr_results_raw ON CLUSTER ctr_cluster"))
         #expect(plan.stdout.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/\(replicas[0].database)/ctr_results_raw', '{replica}')"))
-        let migrated = try schemaTool(["migrate"] + arguments(replicas[0]))
+        let migrated = try ChildProcess.schemaTool(["migrate"] + arguments(replicas[0]))
         #expect(migrated.status == 0, "\(migrated.stderr)")
-        #expect(migrated.stdout.contains("applied \(shippedCount) migration(s)"))
+        #expect(migrated.stdout.contains("applied \(PackagePaths.shippedMigrationCount) migration(s)"))
 
         let connections = try replicas.map(ClickHouseConnection.init(endpoint:))
         let engines = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
@@ -68,15 +58,15 @@ import Testing
         // The ledger, written through replica 1, reads the same on replica 2.
         let ledger = "SELECT version, state, statements_done, seq FROM schema_migrations ORDER BY version, seq"
         #expect(try connections[1].rows(ledger) == connections[0].rows(ledger))
-        let status = try schemaTool(["status"] + arguments(replicas[1]))
-        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == shippedCount, "\(status.stdout)")
-        #expect(try schemaTool(["migrate"] + arguments(replicas[1])).stdout.contains("up to date"))
+        let status = try ChildProcess.schemaTool(["status"] + arguments(replicas[1]))
+        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == PackagePaths.shippedMigrationCount, "\(status.stdout)")
+        #expect(try ChildProcess.schemaTool(["migrate"] + arguments(replicas[1])).stdout.contains("up to date"))
         for replica in replicas {
-            let verify = try schemaTool(["verify"] + arguments(replica))
+            let verify = try ChildProcess.schemaTool(["verify"] + arguments(replica))
             #expect(verify.status == 0, "\(replica.url): \(verify.stdout)\(verify.stderr)")
         }
         // Without --cluster, verify sees that the engines are not the single-server ones.
-        let plainVerify = try schemaTool(["verify", "--clickhouse-url", replicas[1].url, "--database", replicas[1].database])
+        let plainVerify = try ChildProcess.schemaTool(["verify", "--clickhouse-url", replicas[1].url, "--database", replicas[1].database])
         #expect(plainVerify.status == 2)
         #expect(plainVerify.stdout.contains("engine of ctr_results_raw: expected MergeTree, found ReplicatedMergeTree"))
 
@@ -119,11 +109,11 @@ import Testing
     /// cut-over tables are replicated, so every host splits rows at the same instants.
     @Test func viewEvolutionOnTheClusterKeepsTotalsExactWhileInsertsRun() throws {
         let replicas = try newDatabase("cluster_evolve")
-        #expect(try schemaTool(["migrate", "--to", "3"] + arguments(replicas[0])).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate", "--to", "3"] + arguments(replicas[0])).status == 0)
         let writers = try [RawRowWriter(replicas[0], tag: "r1"), RawRowWriter(replicas[1], tag: "r2")]
         for writer in writers { for _ in 0..<10 { try writer.insert() } }
         for writer in writers { writer.start() }
-        let migrated = try schemaTool(
+        let migrated = try ChildProcess.schemaTool(
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=4", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=4",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + arguments(replicas[0])
         )
@@ -147,12 +137,12 @@ import Testing
         // Schema only: the two writers insert the same (product, window, revision), so which of
         // two rows with one version ctr_latest_v3 keeps depends on insert order (see the
         // ReplacingMergeTree note of `verify --data` in docs/schema-tool.md).
-        for replica in replicas { #expect(try schemaTool(["verify"] + arguments(replica)).status == 0) }
+        for replica in replicas { #expect(try ChildProcess.schemaTool(["verify"] + arguments(replica)).status == 0) }
     }
 
     @Test func unknownClusterIsRefusedBeforeAnythingRuns() throws {
         let replicas = try newDatabase("cluster_unknown")
-        let result = try schemaTool(["migrate", "--clickhouse-url", replicas[0].url, "--database", replicas[0].database, "--cluster", "no_such_cluster"])
+        let result = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", replicas[0].url, "--database", replicas[0].database, "--cluster", "no_such_cluster"])
         #expect(result.status == 1)
         #expect(result.stderr.contains("knows no cluster named no_such_cluster"))
         let connection = try ClickHouseConnection(endpoint: replicas[0])

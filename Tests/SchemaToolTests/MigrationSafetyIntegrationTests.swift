@@ -9,18 +9,6 @@ import Testing
 /// ClickHouse 18.16: interrupted cut-overs lose no row, data statements never run twice, and
 /// the lock is neither shared nor withheld from its own process.
 @Suite(.serialized) struct MigrationSafetyIntegrationTests {
-    let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
-
-    func schemaTool(_ arguments: [String]) throws -> CommandResult {
-        try ChildProcess.run(PackagePaths.executable("schema-tool"), arguments)
-    }
-
-    func directory(_ files: [String: String]) throws -> String {
-        let url = try PackagePaths.temporaryDirectory("migrations")
-        for (name, text) in files { try text.write(to: url.appendingPathComponent(name), atomically: true, encoding: .utf8) }
-        return url.path
-    }
-
     func port(_ endpoint: ClickHouseEndpoint) -> Int { Int(endpoint.url.split(separator: ":").last ?? "") ?? 0 }
 
     /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether it held.
@@ -47,8 +35,8 @@ import Testing
     @Test func interruptedCutoversLoseNoRow() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "cutkill")
         let database = endpoint.database
-        let common = ["--database", database, "--migrations-dir", migrationsDirectory]
-        #expect(try schemaTool(["migrate", "--to", "3", "--clickhouse-url", endpoint.url] + common).status == 0)
+        let common = ["--database", database, "--migrations-dir", PackagePaths.migrationsDirectory]
+        #expect(try ChildProcess.schemaTool(["migrate", "--to", "3", "--clickhouse-url", endpoint.url] + common).status == 0)
         let connection = try ClickHouseConnection(endpoint: endpoint)
         let writer = try RawRowWriter(endpoint, tag: "k")
         for _ in 0..<10 { try writer.insert() }
@@ -88,10 +76,10 @@ import Testing
         let later = (Int(try connection.scalar("SELECT toUnixTimestamp(now())")) ?? 0) + 4
         #expect(try waitUntil { (Int(try connection.scalar("SELECT toUnixTimestamp(now())")) ?? 0) >= later }, "any bound set before the kill passed")
 
-        let resumed = try schemaTool(arguments + ["--clickhouse-url", endpoint.url])
+        let resumed = try ChildProcess.schemaTool(arguments + ["--clickhouse-url", endpoint.url])
         writer.stop()
         #expect(resumed.status == 0, "\(resumed.stderr)")
-        let verify = try schemaTool(["verify", "--data", "--settle", "0", "--clickhouse-url", endpoint.url] + common)
+        let verify = try ChildProcess.schemaTool(["verify", "--data", "--settle", "0", "--clickhouse-url", endpoint.url] + common)
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
         #expect(verify.stdout.contains("data matches"), "\(verify.stdout)")
         #expect(verify.stdout.contains("ctr_ml_agg_v3") && verify.stdout.contains("ctr_rollup_1d") && verify.stdout.contains("ctr_ml_summary"))
@@ -101,7 +89,7 @@ import Testing
     /// the old view, create the new one reading `stop`) before statement 6 (set `stop`), and
     /// 0005's window (the cut-over table up to the last roll-up view) can be run again.
     @Test func cutoverPlanDefersBoundsAndFindsWindows() throws {
-        let set = try MigrationSet(directory: migrationsDirectory, variables: ["DATABASE": "ctr"])
+        let set = try MigrationSet(directory: PackagePaths.migrationsDirectory, variables: ["DATABASE": "ctr"])
         let plan4 = CutoverPlan(statements: set.migrations[3].statements, database: "ctr")
         #expect(plan4.units.contains([6, 7, 5]), "\(plan4.units)")
         #expect(plan4.windows[2]?.start == 0 && plan4.windows[2]?.objects == ["ctr.ctr_ml_cutover", "ctr.ctr_ml_agg_v2", "ctr.ctr_ml_feed_v2"])
@@ -128,7 +116,7 @@ import Testing
     /// sending it again.
     @Test func dataStatementOutlastingTheTimeoutRunsOnce() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "slowfill")
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_fill.sql": """
                 CREATE TABLE ${DATABASE}.t (x UInt64) ENGINE = MergeTree ORDER BY x;
                 INSERT INTO ${DATABASE}.t SELECT number FROM (SELECT number FROM system.numbers LIMIT 3) WHERE sleep(1) = 0 SETTINGS max_block_size = 1;
@@ -137,7 +125,7 @@ import Testing
         ])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
         // Without the dry run, which would meet the same timeout in the scratch database.
-        let result = try schemaTool(["migrate", "--request-timeout", "1", "--skip-dry-run"] + common)
+        let result = try ChildProcess.schemaTool(["migrate", "--request-timeout", "1", "--skip-dry-run"] + common)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("the server finished statement 2"), "\(result.stdout)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
@@ -151,14 +139,14 @@ import Testing
     @Test func lostAnswerOfABackfillOnAKeepAliveConnectionRunsOnce() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "resend")
         let relay = try KeepAliveRelay(upstreamPort: port(endpoint), rules: [.init(marker: "INSERT%20INTO%20\(endpoint.database).t%20", action: .resetAfterAnswer)])
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_fill.sql": """
                 CREATE TABLE ${DATABASE}.t (x UInt64) ENGINE = MergeTree ORDER BY x;
                 INSERT INTO ${DATABASE}.t SELECT number FROM system.numbers LIMIT 5;
                 CREATE TABLE ${DATABASE}.after (x UInt8) ENGINE = Memory;
                 """
         ])
-        let result = try schemaTool(["migrate", "--clickhouse-url", relay.url, "--database", endpoint.database, "--migrations-dir", migrations])
+        let result = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", relay.url, "--database", endpoint.database, "--migrations-dir", migrations])
         #expect(relay.faults == 1)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("the server finished statement 2"), "\(result.stdout)")
@@ -175,7 +163,7 @@ import Testing
         let relay = try KeepAliveRelay(
             upstreamPort: port(endpoint), rules: [.init(marker: "schema_migrations%20FORMAT", action: .fail, skip: 2)]
         )
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_fill.sql": """
                 CREATE TABLE ${DATABASE}.t (x UInt64) ENGINE = MergeTree ORDER BY x;
                 INSERT INTO ${DATABASE}.t SELECT number FROM system.numbers LIMIT 5;
@@ -183,13 +171,13 @@ import Testing
                 """
         ])
         let common = ["--database", endpoint.database, "--migrations-dir", migrations]
-        let failed = try schemaTool(["migrate", "--clickhouse-url", relay.url] + common)
+        let failed = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", relay.url] + common)
         #expect(failed.status == 1)
         #expect(failed.stderr.contains("could not record the progress of migration 1"), "\(failed.stderr)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
         #expect(try connection.scalar("EXISTS TABLE after") == "0", "nothing ran after the failed ledger write")
-        #expect(try schemaTool(["status", "--clickhouse-url", endpoint.url] + common).stdout.contains("outcome of statement 2 unknown"))
-        let resumed = try schemaTool(["migrate", "--clickhouse-url", endpoint.url] + common)
+        #expect(try ChildProcess.schemaTool(["status", "--clickhouse-url", endpoint.url] + common).stdout.contains("outcome of statement 2 unknown"))
+        let resumed = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", endpoint.url] + common)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(resumed.stdout.contains("finished on the server: counted as done"), "\(resumed.stdout)")
         #expect(try connection.scalar("SELECT count() FROM t") == "5", "the backfill ran once")
@@ -203,17 +191,17 @@ import Testing
         let connection = try ClickHouseConnection(endpoint: endpoint)
         try connection.run("CREATE TABLE c (x UInt8) ENGINE = Memory")
         let original = "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = MergeTree ORDER BY x;\nINSERT INTO ${DATABASE}.a VALUES (1);\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = Memory;\n"
-        let migrations = try directory(["0001_a.sql": original])
+        let migrations = try PackagePaths.directory(["0001_a.sql": original])
         let path = migrations + "/0001_a.sql"
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["migrate"] + common).status == 1, "statement 3 fails: c is in the way")
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 1, "statement 3 fails: c is in the way")
         try ("CREATE TABLE ${DATABASE}.z (x UInt8) ENGINE = Memory;\n" + original).write(toFile: path, atomically: true, encoding: .utf8)
-        let refused = try schemaTool(["migrate"] + common)
+        let refused = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("statement 1 changed"), "\(refused.stderr)")
         #expect(try connection.scalar("EXISTS TABLE z") == "0")
         try original.replacingOccurrences(of: "${DATABASE}.c (", with: "${DATABASE}.d (").write(toFile: path, atomically: true, encoding: .utf8)
-        let resumed = try schemaTool(["migrate"] + common)
+        let resumed = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try connection.scalar("SELECT groupArray(x) FROM a") == "[1]", "the INSERT ran once")
     }
@@ -225,8 +213,8 @@ import Testing
         let relay = try KeepAliveRelay(
             upstreamPort: port(endpoint), rules: [.init(marker: "schema_migrations_lock%20FORMAT", action: .delay(seconds: 0.7))]
         )
-        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
-        let result = try schemaTool(
+        let migrations = try PackagePaths.directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let result = try ChildProcess.schemaTool(
             ["migrate", "--lock-timeout", "20", "--clickhouse-url", relay.url, "--database", endpoint.database, "--migrations-dir", migrations]
         )
         #expect(relay.faults == 1)
@@ -241,10 +229,10 @@ import Testing
         let relay = try KeepAliveRelay(
             upstreamPort: port(endpoint), rules: [.init(marker: "schema_migrations_lock%20FORMAT", action: .fail, skip: 1, repeats: true)]
         )
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_slow.sql": "CREATE TABLE ${DATABASE}.started ENGINE = TinyLog AS SELECT now() AS t;\nWAIT UNTIL (SELECT min(t) FROM ${DATABASE}.started) + 4;\nCREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"
         ])
-        let result = try schemaTool(
+        let result = try ChildProcess.schemaTool(
             ["migrate", "--lock-lease", "2", "--clickhouse-url", relay.url, "--database", endpoint.database, "--migrations-dir", migrations]
         )
         #expect(result.status == 1)
@@ -255,20 +243,20 @@ import Testing
     /// Finding 15: `repair` and `baseline` write the ledger only while holding the lock.
     @Test func repairAndBaselineTakeTheLock() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "repairlock")
-        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let migrations = try PackagePaths.directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["migrate"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 0)
         let connection = try ClickHouseConnection(endpoint: endpoint)
         let now = UInt64(Date().timeIntervalSince1970 * 1_000_000)
         try connection.run("INSERT INTO schema_migrations_lock VALUES ('other@host pid 1 #0', \(now - 1_000_000), \(now + 120_000_000), 0)")
         for command in [["repair", "--reset", "1"], ["baseline", "1"]] {
-            let result = try schemaTool(command + ["--lock-timeout", "1"] + common)
+            let result = try ChildProcess.schemaTool(command + ["--lock-timeout", "1"] + common)
             #expect(result.status == 1, "\(command)")
             #expect(result.stderr.contains("another schema-tool holds the migration lock"), "\(result.stderr)")
         }
         #expect(try connection.scalar("SELECT count() FROM schema_migrations WHERE error = 'reset by repair'") == "0")
         try connection.run("INSERT INTO schema_migrations_lock VALUES ('other@host pid 1 #0', \(now - 1_000_000), 0, 1)")
-        #expect(try schemaTool(["repair", "--reset", "1", "--lock-timeout", "5"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["repair", "--reset", "1", "--lock-timeout", "5"] + common).status == 0)
     }
 
     /// `verify --data`: exact data passes; a derived row that differs from what its view
@@ -278,8 +266,8 @@ import Testing
         // The shipped migrations plus a later one in the style of the planned 0007 (a latest
         // view with conversions and revenue): verify --data must pick it up by itself.
         var files: [String: String] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: migrationsDirectory) where name.hasSuffix(".sql") {
-            files[name] = try String(contentsOfFile: migrationsDirectory + "/" + name, encoding: .utf8)
+        for name in try FileManager.default.contentsOfDirectory(atPath: PackagePaths.migrationsDirectory) where name.hasSuffix(".sql") {
+            files[name] = try String(contentsOfFile: PackagePaths.migrationsDirectory + "/" + name, encoding: .utf8)
         }
         files[String(format: "%04d_latest_money.sql", files.count + 1)] = """
             CREATE MATERIALIZED VIEW IF NOT EXISTS ${DATABASE}.ctr_latest_money_view
@@ -287,9 +275,9 @@ import Testing
             AS SELECT product_id, window_start, conversions, revenue, toUInt64(toUnixTimestamp(window_start)) * 1000000 + revision AS version
             FROM ${DATABASE}.ctr_results_raw;
             """
-        let migrations = try directory(files)
+        let migrations = try PackagePaths.directory(files)
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["migrate"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 0)
         let writer = try RawRowWriter(endpoint, tag: "v")
         for _ in 0..<40 { try writer.insert() }
         let connection = try ClickHouseConnection(endpoint: endpoint)
@@ -300,7 +288,7 @@ import Testing
         try connection.run(
             "INSERT INTO ctr_rollup_1h SELECT 'open', toStartOfHour(now() - 10), sumState(toUInt64(3)), sumState(toUInt64(0)), sumState(toUInt64(0)), sumState(toDecimal64(0, 6))"
         )
-        let clean = try schemaTool(["verify", "--data"] + common)
+        let clean = try ChildProcess.schemaTool(["verify", "--data"] + common)
         #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")
         #expect(clean.stdout.contains("data matches"))
         for object in ["ctr_ml_agg_v3", "ctr_latest_v3", ".inner.ctr_latest_money_view", "ctr_rollup_5m", "ctr_rollup_1h", "ctr_rollup_1d", "ctr_rollup_5m_v2", "ctr_rollup_1h_v2", "ctr_rollup_1d_v2", "ctr_ml_summary", "ctr_funnel_daily"] {
@@ -310,7 +298,7 @@ import Testing
         try connection.run(
             "INSERT INTO ctr_rollup_1d SELECT 'p1', toStartOfDay(toDateTime(1700000000, 'UTC')), sumState(toUInt64(5)), sumState(toUInt64(0)), sumState(toUInt64(0)), sumState(toDecimal64(0, 6))"
         )
-        let dirty = try schemaTool(["verify", "--data"] + common)
+        let dirty = try ChildProcess.schemaTool(["verify", "--data"] + common)
         #expect(dirty.status == 2, "\(dirty.stdout)\(dirty.stderr)")
         #expect(dirty.stdout.contains("data difference: ctr_rollup_1d: 1 of"), "\(dirty.stdout)")
         #expect(dirty.stdout.contains("product_id=p1"), "\(dirty.stdout)")

@@ -7,29 +7,13 @@ import Testing
 
 /// `schema-tool` against a real ClickHouse server.
 @Suite(.serialized) struct MigratorIntegrationTests {
-    let migrationsDirectory = PackagePaths.root.appendingPathComponent("migrations").path
-    /// How many migrations are shipped (later ones are added by other work).
-    var shippedCount: Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: migrationsDirectory)) ?? []).filter { $0.hasSuffix(".sql") }.count
-    }
-
-    func schemaTool(_ arguments: [String]) throws -> CommandResult {
-        try ChildProcess.run(PackagePaths.executable("schema-tool"), arguments)
-    }
-
-    func directory(_ files: [String: String]) throws -> String {
-        let url = try PackagePaths.temporaryDirectory("migrations")
-        for (name, text) in files { try text.write(to: url.appendingPathComponent(name), atomically: true, encoding: .utf8) }
-        return url.path
-    }
-
     @Test func migrateCreatesEverythingOnceAndVerifies() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "schema")
-        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
-        let first = try schemaTool(["migrate"] + common)
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", PackagePaths.migrationsDirectory]
+        let first = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(first.status == 0, "\(first.stderr)")
-        #expect(first.stdout.contains("applied \(shippedCount) migration(s)"))
-        let second = try schemaTool(["migrate"] + common)
+        #expect(first.stdout.contains("applied \(PackagePaths.shippedMigrationCount) migration(s)"))
+        let second = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(second.status == 0)
         #expect(second.stdout.contains("up to date"))
         let connection = try ClickHouseConnection(endpoint: endpoint)
@@ -48,28 +32,28 @@ import Testing
                 "ctr_rollup_cutover=TinyLog", "ctr_rollup_v2_cutover=TinyLog", "ctr_sliding_ctr=View",
             ]
         )
-        #expect(try schemaTool(["verify"] + common).status == 0)
-        let status = try schemaTool(["status"] + common)
-        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == shippedCount)
-        #expect(try schemaTool(["plan"] + common).stdout.contains("nothing to apply"))
+        #expect(try ChildProcess.schemaTool(["verify"] + common).status == 0)
+        let status = try ChildProcess.schemaTool(["status"] + common)
+        #expect(status.stdout.components(separatedBy: " applied ").count - 1 == PackagePaths.shippedMigrationCount)
+        #expect(try ChildProcess.schemaTool(["plan"] + common).stdout.contains("nothing to apply"))
     }
 
     /// A statement the server rejects outright (here an unknown engine) is caught by the dry
     /// run in a scratch database: nothing at all changes in the target database.
     @Test func rejectedStatementStopsBeforeAnythingChanges() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "dryrun")
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_first.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = NoSuchEngine;\n"
         ])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        let failed = try schemaTool(["migrate"] + common)
+        let failed = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(failed.status == 1)
         #expect(failed.stderr.contains("0001_first.sql:3: statement 3 of 3 fails in a dry run"), "\(failed.stderr)")
         #expect(failed.stderr.contains("Nothing was changed in \(endpoint.database)"))
         let connection = try ClickHouseConnection(endpoint: endpoint)
         #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase()") == "0", "not even the ledger")
         // Without the dry run the same file fails at statement 3 against the live database.
-        let undry = try schemaTool(["migrate", "--skip-dry-run"] + common)
+        let undry = try ChildProcess.schemaTool(["migrate", "--skip-dry-run"] + common)
         #expect(undry.status == 1)
         #expect(undry.stderr.contains("0001_first.sql:3: statement 3 of 3 failed"), "\(undry.stderr)")
         #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN ('a', 'b')") == "2")
@@ -82,33 +66,33 @@ import Testing
         let connection = try ClickHouseConnection(endpoint: endpoint)
         try connection.run("CREATE TABLE c (x UInt8) ENGINE = Memory")
         // No IF NOT EXISTS: running statements 1 and 2 again, or 3 with c in the way, fails.
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_first.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.c (x UInt8) ENGINE = Memory;\nCREATE TABLE ${DATABASE}.d (x UInt8) ENGINE = Memory;\n"
         ])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        let failed = try schemaTool(["migrate"] + common)
+        let failed = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(failed.status == 1)
         #expect(failed.stderr.contains("0001_first.sql:3: statement 3 of 4 failed"), "\(failed.stderr)")
         #expect(failed.stderr.contains("Statements 1-2 are applied and recorded"))
-        #expect(try schemaTool(["status"] + common).stdout.contains("failed at statement 3"))
+        #expect(try ChildProcess.schemaTool(["status"] + common).stdout.contains("failed at statement 3"))
         try connection.run("DROP TABLE c")
-        let resumed = try schemaTool(["migrate"] + common)
+        let resumed = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try connection.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN ('a','b','c','d')") == "4")
     }
 
     @Test func editedMigrationBlocksUntilRepaired() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "edited")
-        let migrations = try directory(["0001_t.sql": "CREATE TABLE ${DATABASE}.t (x UInt8) ENGINE = Memory;\n"])
+        let migrations = try PackagePaths.directory(["0001_t.sql": "CREATE TABLE ${DATABASE}.t (x UInt8) ENGINE = Memory;\n"])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["migrate"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 0)
         try "CREATE TABLE ${DATABASE}.t (x UInt16) ENGINE = Memory;\n".write(toFile: migrations + "/0001_t.sql", atomically: true, encoding: .utf8)
-        let blocked = try schemaTool(["migrate"] + common)
+        let blocked = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(blocked.status == 1)
         #expect(blocked.stderr.contains("was modified after it was applied"))
-        #expect(try schemaTool(["status"] + common).stdout.contains("modified since applied"))
-        #expect(try schemaTool(["repair", "--accept-checksum", "1"] + common).status == 0)
-        #expect(try schemaTool(["migrate"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["status"] + common).stdout.contains("modified since applied"))
+        #expect(try ChildProcess.schemaTool(["repair", "--accept-checksum", "1"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 0)
     }
 
     @Test(arguments: [
@@ -120,8 +104,8 @@ import Testing
     ])
     func badInputIsRefusedBeforeAnythingRuns(files: [String: String], message: String) throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "bad")
-        let migrations = try directory(files)
-        let result = try schemaTool(["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations])
+        let migrations = try PackagePaths.directory(files)
+        let result = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations])
         #expect(result.status == 1)
         #expect(result.stderr.contains(message), "\(result.stderr)")
         let connection = try ClickHouseConnection(endpoint: endpoint)
@@ -130,11 +114,11 @@ import Testing
 
     @Test func ledgerNamingAMissingFileIsReported() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "missing")
-        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;", "0002_b.sql": "CREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;"])
+        let migrations = try PackagePaths.directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;", "0002_b.sql": "CREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = Memory;"])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["migrate"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["migrate"] + common).status == 0)
         try FileManager.default.removeItem(atPath: migrations + "/0002_b.sql")
-        let result = try schemaTool(["migrate"] + common)
+        let result = try ChildProcess.schemaTool(["migrate"] + common)
         #expect(result.status == 1)
         #expect(result.stderr.contains("no file 0002_b.sql exists"))
     }
@@ -142,7 +126,7 @@ import Testing
     @Test func concurrentMigrationsApplyEachStatementOnce() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "lock")
         // Without IF NOT EXISTS: a second application of any statement would fail.
-        let migrations = try directory([
+        let migrations = try PackagePaths.directory([
             "0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = MergeTree ORDER BY x;\nINSERT INTO ${DATABASE}.a VALUES (1);",
             "0002_b.sql": "CREATE TABLE ${DATABASE}.b (x UInt8) ENGINE = MergeTree ORDER BY x;\nINSERT INTO ${DATABASE}.a VALUES (2);",
         ])
@@ -158,15 +142,15 @@ import Testing
 
     @Test func newCreatesTheNextNumberedMigrationThatMigrateAccepts() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "new")
-        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = MergeTree ORDER BY x;"])
-        let created = try schemaTool(["new", "--migrations-dir", migrations, "Add region column"])
+        let migrations = try PackagePaths.directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = MergeTree ORDER BY x;"])
+        let created = try ChildProcess.schemaTool(["new", "--migrations-dir", migrations, "Add region column"])
         #expect(created.status == 0, "\(created.stderr)")
         let path = migrations + "/0002_add_region_column.sql"
         #expect(created.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == path)
         let template = try String(contentsOfFile: path, encoding: .utf8)
         #expect(template.contains("${DATABASE}"))
         try (template + "ALTER TABLE ${DATABASE}.a ADD COLUMN region String;\n").write(toFile: path, atomically: true, encoding: .utf8)
-        let migrated = try schemaTool(["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations])
+        let migrated = try ChildProcess.schemaTool(["migrate", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations])
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("applied 2 migration(s) (1, 2)"))
     }
@@ -174,19 +158,19 @@ import Testing
     /// A holder that died without releasing blocks others only until its lease expires.
     @Test func deadLockHolderBlocksOnlyUntilItsLeaseExpires() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "lease")
-        let migrations = try directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let migrations = try PackagePaths.directory(["0001_a.sql": "CREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
         let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
-        #expect(try schemaTool(["status"] + common).status == 0)
+        #expect(try ChildProcess.schemaTool(["status"] + common).status == 0)
         let connection = try ClickHouseConnection(endpoint: endpoint)
         try connection.run("CREATE TABLE schema_migrations_lock (holder String, requested_us UInt64, expires_us UInt64, released UInt8) ENGINE = MergeTree ORDER BY requested_us")
         let now = UInt64(Date().timeIntervalSince1970 * 1_000_000)
         try connection.run("INSERT INTO schema_migrations_lock VALUES ('dead@host pid 1 #0', \(now - 1_000_000), \(now + 4_000_000), 0)")
         let started = ContinuousClock.now
-        let timedOut = try schemaTool(["migrate", "--lock-timeout", "1"] + common)
+        let timedOut = try ChildProcess.schemaTool(["migrate", "--lock-timeout", "1"] + common)
         #expect(timedOut.status == 1)
         #expect(timedOut.stderr.contains("another schema-tool holds the migration lock"), "\(timedOut.stderr)")
         #expect(timedOut.stderr.contains("dead@host pid 1"))
-        let migrated = try schemaTool(["migrate", "--lock-timeout", "30"] + common)
+        let migrated = try ChildProcess.schemaTool(["migrate", "--lock-timeout", "30"] + common)
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stderr.contains("waiting for the migration lock held by dead@host pid 1"))
         #expect(ContinuousClock.now - started >= .seconds(3), "it waited for the lease to expire")
@@ -196,7 +180,7 @@ import Testing
     /// A live holder renews its lease: a migration that outlasts the lease is not taken over.
     @Test func liveHolderKeepsTheLockBeyondItsLease() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "renew")
-        let migrations = try directory(["0001_slow.sql": "CREATE TABLE ${DATABASE}.started ENGINE = TinyLog AS SELECT now() AS t;\nWAIT UNTIL (SELECT min(t) FROM ${DATABASE}.started) + 5;\nCREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
+        let migrations = try PackagePaths.directory(["0001_slow.sql": "CREATE TABLE ${DATABASE}.started ENGINE = TinyLog AS SELECT now() AS t;\nWAIT UNTIL (SELECT min(t) FROM ${DATABASE}.started) + 5;\nCREATE TABLE ${DATABASE}.a (x UInt8) ENGINE = Memory;"])
         let arguments = ["migrate", "--lock-lease", "2", "--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrations]
         let logs = try PackagePaths.temporaryDirectory("renew-logs")
         let first = try ChildProcess(PackagePaths.executable("schema-tool"), arguments, logDirectory: logs, name: "first")
@@ -220,8 +204,8 @@ import Testing
     /// equal sums over the raw table before and after, without loss or double counting.
     @Test func viewEvolutionKeepsTotalsExactWhileInsertsRun() throws {
         let endpoint = try ClickHouseTestServer.makeDatabase(prefix: "evolve")
-        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", migrationsDirectory]
-        #expect(try schemaTool(["migrate", "--to", "3"] + common).status == 0)
+        let common = ["--clickhouse-url", endpoint.url, "--database", endpoint.database, "--migrations-dir", PackagePaths.migrationsDirectory]
+        #expect(try ChildProcess.schemaTool(["migrate", "--to", "3"] + common).status == 0)
         let viewTotals = "SELECT product_id, toUnixTimestamp(window_minute) AS m, sumMerge(impressions), sumMerge(clicks) FROM ctr_ml_view GROUP BY product_id, window_minute ORDER BY product_id, m"
         let rawTotals = "SELECT product_id, toUnixTimestamp(toStartOfMinute(window_end)) AS m, sum(impressions_delta), sum(clicks_delta) FROM ctr_results_raw GROUP BY product_id, m ORDER BY product_id, m"
 
@@ -231,7 +215,7 @@ import Testing
         #expect(try connection.rows(viewTotals) == connection.rows(rawTotals), "generation 1 is exact")
 
         writer.start()
-        let migrated = try schemaTool(
+        let migrated = try ChildProcess.schemaTool(
             ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=2", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=2",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + common
         )
@@ -256,7 +240,7 @@ import Testing
         let directory = try PackagePaths.temporaryDirectory("render")
         var files: [String] = []
         for (name, extra) in [("rendered.json", [String]()), ("rendered-cluster.json", ["--cluster", "ctr_cluster"])] {
-            let rendered = try schemaTool(["render", "--database", "ctr", "--migrations-dir", migrationsDirectory] + extra)
+            let rendered = try ChildProcess.schemaTool(["render", "--database", "ctr", "--migrations-dir", PackagePaths.migrationsDirectory] + extra)
             #expect(rendered.status == 0)
             let file = directory.appendingPathComponent(name)
             try rendered.stdout.write(to: file, atomically: true, encoding: .utf8)

@@ -28,6 +28,21 @@ public enum PackagePaths {
     /// A file of `Tests/Fixtures` (the repository carries every file its tests read).
     public static func fixture(_ name: String) -> URL { root.appendingPathComponent("Tests/Fixtures").appendingPathComponent(name) }
 
+    /// The migrations the package ships.
+    public static var migrationsDirectory: String { root.appendingPathComponent("migrations").path }
+
+    /// A fresh directory holding `files` (name: text), e.g. migrations of a test's own.
+    public static func directory(_ files: [String: String]) throws -> String {
+        let url = try temporaryDirectory("migrations")
+        for (name, text) in files { try text.write(to: url.appendingPathComponent(name), atomically: true, encoding: .utf8) }
+        return url.path
+    }
+
+    /// Number of migrations the package ships (later work adds more).
+    public static var shippedMigrationCount: Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: migrationsDirectory)) ?? []).filter { $0.hasSuffix(".sql") }.count
+    }
+
     /// A fresh temporary directory.
     public static func temporaryDirectory(_ prefix: String) throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
@@ -118,6 +133,11 @@ public final class ChildProcess: @unchecked Sendable {
 
     deinit {
         if process.isRunning { stop(signal: SIGKILL, timeout: 5) }
+    }
+
+    /// Runs the built `schema-tool` with `arguments` to completion.
+    public static func schemaTool(_ arguments: [String]) throws -> CommandResult {
+        try run(PackagePaths.builtExecutable("schema-tool"), arguments)
     }
 
     /// Runs a command to completion and returns its status and output.
