@@ -126,7 +126,7 @@ extension AggregatorConfiguration {
         public static let retry = RetryPolicy()
         public static let batchMaxRows = 50_000
         public static let batchMaxDelay: Duration = .milliseconds(250)
-        public static let bufferMaxRows = 500_000
+        public static let bufferMaxRows = 250_000
         public static let maxOpenProductWindows = 500_000
         public static let commitInterval: Duration = .seconds(1)
         public static let pollBatchSize = 10_000

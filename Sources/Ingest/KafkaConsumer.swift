@@ -80,21 +80,25 @@ public final class KafkaConsumer {
     /// consumer fed.
     ///
     /// The pre-fetch queue is one queue for the whole consumer, whatever the number of
-    /// partitions, bounded by `queued.min.messages` and `queued.max.messages.kbytes` (payload
-    /// bytes). Once it is over either bound, librdkafka (before 2.2, which adds
+    /// partitions, bounded by `queued.min.messages` (messages) and `queued.max.messages.kbytes`
+    /// (payload bytes). Once it is over either bound, librdkafka (before 2.2, which adds
     /// `fetch.queue.backoff.ms`) stops fetching until its broker thread next wakes up on its
-    /// own, about a second later: the queue must hold more than a second of consumption, or a
+    /// own, about a second later: the queue must hold about a second of consumption, or a
     /// consumer slower than its fetches (one with work to do, catching up on a backlog) starves
-    /// for the rest of every second. 64 MiB (the librdkafka default; about 550,000 events of
-    /// 120 bytes) holds more than a second at the aggregator's rate; 16 MiB held a third of
-    /// one, and the aggregator's pipeline thread sat blocked for half of a catch-up. The price
-    /// is memory: up to about 300 bytes per queued event (payload and librdkafka's message).
+    /// for the rest of every second. A queued message of a small event costs 300 to 500 bytes
+    /// (librdkafka's message and operation, and its share of the decompressed fetch), so the
+    /// message count is what bounds memory: 300,000 messages (100 to 150 MiB) hold about a
+    /// second at the aggregator's rate, and the 64 MiB payload bound (librdkafka's default)
+    /// only matters for large messages. Measured (`scripts/bench.py`): with a 1,000,000-message
+    /// bound, 75-byte events filled the 64 MiB and peak RSS was 281 MiB higher; a 16 MiB
+    /// payload bound (about 140,000 events) held a third of a second, and the aggregator's
+    /// pipeline thread sat blocked for half of a catch-up.
     public static let defaultProperties: [String: String] = [
         "enable.auto.commit": "false",
         "enable.auto.offset.store": "false",
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
-        "queued.min.messages": "1000000",
+        "queued.min.messages": "300000",
         "queued.max.messages.kbytes": "65536",
         "session.timeout.ms": "10000",
         "heartbeat.interval.ms": "1000",
