@@ -419,8 +419,12 @@ class Bench:
             self.notes.append(f"per open window: {fields[unit]} bytes per {what} ({fields['in_one_window']} in one window)")
 
     def latency(self):
-        log(f"latency: {self.args.latency_seconds:.0f} s at 100,000 events/s ...")
-        database = "bench_latency"
+        for label, stream in (("plain stream", PLAIN_STREAM), ("user_id on every event", ["--no-dimensions"])):
+            self.latency_run(label, stream)
+
+    def latency_run(self, label, stream):
+        log(f"latency, {label}: {self.args.latency_seconds:.0f} s at 100,000 events/s ...")
+        database = f"bench_latency_{len(self.notes)}"
         self.migrate(database)
         broker, live = self.start_broker(12)
         port = free_port()
@@ -431,7 +435,7 @@ class Bench:
         try:
             self.wait_for_assignment(port)
             producer = subprocess.Popen([self.exe("ctr-producer"), "--brokers", live, "--products", str(self.args.products), "--rate", "100000",
-                                         "--duration", str(self.args.latency_seconds)] + COMPRESSION,
+                                         "--duration", str(self.args.latency_seconds)] + list(stream) + COMPRESSION,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             steady, cpu_start = 0, cpu_seconds(aggregator.pid)
             while producer.poll() is None:
@@ -454,7 +458,7 @@ class Bench:
                         return bound
                 return float("nan")
 
-            self.notes.append(f"result latency at 100,000 events/s (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
+            self.notes.append(f"result latency at 100,000 events/s, {label} (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
                               f"over {count} batches; RSS {steady / 1024:.0f} MiB; {cpu / max(consumed, 1) * 1e6:.2f} CPU s per M events")
         finally:
             self.stop(aggregator)
