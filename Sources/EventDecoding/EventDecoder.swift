@@ -536,8 +536,8 @@ struct JSONScanner {
         if first == UInt8(ascii: "-") || (first >= 0x30 && first <= 0x39) {
             let start = index
             try skipNumber()
-            if let milliseconds = Self.shortInteger(UnsafeRawBufferPointer(rebasing: bytes[start..<index])) { return milliseconds }
             let text = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
+            if let milliseconds = Self.shortInteger(text) { return milliseconds }
             var value: Int64 = 0
             var negative = false
             for (position, byte) in text.enumerated() {
@@ -567,7 +567,7 @@ struct JSONScanner {
         if !escaped, name.withUTF8({ Self.equals(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), UnsafeRawBufferPointer($0)) }) { return }
         let value = escaped ? try unescape(start, end) : String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
         guard value == name else {
-            throw Rejection(.wrongEventType, "event_type \(Self.quoted(value)) on the \(expected.eventTypeName)s topic must be \"\(expected.eventTypeName)\"")
+            throw Rejection(.wrongEventType, "event_type \(Self.quoted(value)) on the \(name)s topic must be \"\(name)\"")
         }
     }
 

@@ -321,8 +321,10 @@ struct DistinctProducer: ParsableCommand {
             try producer.send(topic: topic, key: Array(product.utf8), value: Array(value.utf8))
             if index % 1_000 == 0 {
                 producer.poll()
-                let ahead = start + .milliseconds(Int64(index) * 1000 / max(rate, 1)) - .now
-                if rate > 0, ahead > .zero { Thread.sleep(forTimeInterval: Double(ahead.components.seconds) + Double(ahead.components.attoseconds) / 1e18) }
+                if rate > 0 {
+                    let ahead = start + .milliseconds(Int64(index) * 1000 / rate) - .now
+                    if ahead > .zero { Thread.sleep(forTimeInterval: Double(ahead.components.seconds) + Double(ahead.components.attoseconds) / 1e18) }
+                }
             }
         }
         try producer.flush(timeout: .seconds(120))
