@@ -458,8 +458,11 @@ class Bench:
                         return bound
                 return float("nan")
 
+            inserts = metric_values(text, "ctr_sink_insert_seconds_count")
+            mean_insert = metric_values(text, "ctr_sink_insert_seconds_sum") / inserts if inserts else float("nan")
             self.notes.append(f"result latency at 100,000 events/s, {label} (histogram bucket bounds): p50 <= {quantile(0.5)} s, p99 <= {quantile(0.99)} s "
-                              f"over {count} batches; RSS {steady / 1024:.0f} MiB; {cpu / max(consumed, 1) * 1e6:.2f} CPU s per M events")
+                              f"over {count} batches, {mean_insert:.2f} s per insert; RSS {steady / 1024:.0f} MiB; "
+                              f"{cpu / max(consumed, 1) * 1e6:.2f} CPU s per M events")
         finally:
             self.stop(aggregator)
             self.stop(broker)
