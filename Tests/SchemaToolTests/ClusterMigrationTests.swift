@@ -113,8 +113,11 @@ import Testing
         let writers = try [RawRowWriter(replicas[0], tag: "r1"), RawRowWriter(replicas[1], tag: "r2")]
         for writer in writers { for _ in 0..<10 { try writer.insert() } }
         for writer in writers { writer.start() }
+        // The delays must outlast the statements between a cut-over's bound and its wait: on a
+        // cluster each is a distributed DDL that both replicas run, which takes seconds on a
+        // loaded machine (migration 0010 has seven such statements).
         let migrated = try ChildProcess.schemaTool(
-            ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=4", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=4",
+            ["migrate", "--var", "ML_CUTOVER_DELAY_SECONDS=10", "--var", "ML_CUTOVER_GRACE_SECONDS=1", "--var", "ROLLUP_CUTOVER_DELAY_SECONDS=10",
              "--var", "ROLLUP_CUTOVER_GRACE_SECONDS=1"] + arguments(replicas[0])
         )
         let afterMigration = writers.map(\.batches)
