@@ -28,7 +28,7 @@ public struct Truth: Sendable {
         }
 
         public static func == (lhs: Key, rhs: Key) -> Bool {
-            lhs.windowStart == rhs.windowStart && ProductKey(lhs.product) == ProductKey(rhs.product)
+            lhs.windowStart == rhs.windowStart && lhs.product.utf8.elementsEqual(rhs.product.utf8)
                 && lhs.dimensions.count == rhs.dimensions.count
                 && zip(lhs.dimensions, rhs.dimensions).allSatisfy { $0.utf8.elementsEqual($1.utf8) }
         }
