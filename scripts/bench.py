@@ -333,7 +333,9 @@ class Bench:
                 time.sleep(0.05)
                 text = scrape(port)
             insert_seconds = metric_values(text, "ctr_sink_insert_seconds_sum")
-            sink_rate = metric_values(text, "ctr_sink_rows_total") / insert_seconds if insert_seconds > 0 else 0.0
+            sink_rows, inserts = metric_values(text, "ctr_sink_rows_total"), metric_values(text, "ctr_sink_insert_seconds_count")
+            self.sink_inserts = (sink_rows, inserts, insert_seconds)
+            sink_rate = sink_rows / insert_seconds if insert_seconds > 0 else 0.0
             return elapsed, peak, cpu, sink_rate
         finally:
             self.stop(process)
@@ -586,6 +588,10 @@ class Bench:
                     self.notes.append(f"aggregator pipeline thread at {partitions} partitions, run {run + 1}: of {span:.2f} s, on a CPU {on_cpu:.2f} s, "
                                       f"runnable waiting for a core {waiting:.2f} s, blocked {blocked:.2f} s")
                     self.record("  its sink (rows/s of insert time)", partitions, sink_rate, 1.0, None)
+                    rows, inserts, insert_seconds = self.sink_inserts
+                    if inserts:
+                        self.notes.append(f"aggregator sink at {partitions} partitions, run {run + 1}: {rows:,.0f} rows in {inserts:.0f} inserts "
+                                          f"({rows / inserts:,.0f} rows each), {insert_seconds / inserts:.3f} s per insert")
                     self.peak_backlog = max(getattr(self, "peak_backlog", 0), peak)
                 else:
                     self.migrate(database)

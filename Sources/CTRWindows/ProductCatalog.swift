@@ -86,6 +86,16 @@ public struct SeriesKey: Hashable, Sendable {
 
     @inlinable
     public func hash(into hasher: inout Hasher) {
+        hasher.combine(digest)
+    }
+
+    /// The series' hash, with this process's random seed: the product's digest alone when there
+    /// are no dimensions (computed once, when the event was decoded), else that digest and the
+    /// dimension values' bytes, each with its length.
+    @inlinable
+    var digest: Int {
+        if dimensions.isEmpty { return product.digest }
+        var hasher = Hasher()
         hasher.combine(product.digest)
         for value in dimensions {
             var value = value
@@ -94,6 +104,7 @@ public struct SeriesKey: Hashable, Sendable {
                 hasher.combine(bytes: UnsafeRawBufferPointer(bytes))
             }
         }
+        return hasher.finalize()
     }
 }
 
@@ -104,16 +115,16 @@ public struct SeriesKey: Hashable, Sendable {
 /// window holds the series any more, see ``WindowAggregator/takeReleasedProducts()``) are
 /// forgotten and reused.
 public struct ProductCatalog: Sendable {
-    /// Series without dimensions, by product alone: the common case keeps the cheaper key.
-    private var productIDs: [ProductKey: ProductID] = [:]
-    private var seriesIDs: [SeriesKey: ProductID] = [:]
+    /// The series' ids by their hash (``SeriesKey/digest``): a series without dimensions is
+    /// found by its product's digest alone, computed when the event was decoded.
+    private var index = HashIndex()
     private var keys: [SeriesKey] = []
     private var free: [ProductID] = []
 
     public init() {}
 
     /// Number of series known.
-    public var count: Int { productIDs.count + seriesIDs.count }
+    public var count: Int { index.count }
 
     /// The id of the series of `product` without dimensions, assigning one on first sight.
     public mutating func id(for product: String) -> ProductID {
@@ -122,30 +133,27 @@ public struct ProductCatalog: Sendable {
 
     /// The id of `series`, assigning one on first sight.
     public mutating func id(for series: SeriesKey) -> ProductID {
-        if series.dimensions.isEmpty {
-            if let id = productIDs[series.product] { return id }
-            let id = assign(series)
-            productIDs[series.product] = id
-            return id
+        let digest = series.digest
+        if let id = find(series, digest: digest) { return id }
+        let id: ProductID
+        if let reused = free.popLast() {
+            keys[Int(reused)] = series
+            id = reused
+        } else {
+            keys.append(series)
+            id = ProductID(keys.count - 1)
         }
-        if let id = seriesIDs[series] { return id }
-        let id = assign(series)
-        seriesIDs[series] = id
+        index.insert(id, hash: digest)
         return id
     }
 
-    private mutating func assign(_ series: SeriesKey) -> ProductID {
-        if let reused = free.popLast() {
-            keys[Int(reused)] = series
-            return reused
-        }
-        keys.append(series)
-        return ProductID(keys.count - 1)
+    private func find(_ series: SeriesKey, digest: Int) -> ProductID? {
+        keys.withUnsafeBufferPointer { keys in index.find(digest) { keys[Int($0)] == series } }
     }
 
     /// The id of `series` if it is known.
     public func existingID(for series: SeriesKey) -> ProductID? {
-        series.dimensions.isEmpty ? productIDs[series.product] : seriesIDs[series]
+        find(series, digest: series.digest)
     }
 
     /// The product id string of `id`. `id` must come from this catalog and not be released.
@@ -158,10 +166,13 @@ public struct ProductCatalog: Sendable {
     public mutating func release(_ id: ProductID) {
         guard Int(id) < keys.count else { return }
         let series = keys[Int(id)]
-        guard existingID(for: series) == id else { return }
-        if series.dimensions.isEmpty { productIDs[series.product] = nil } else { seriesIDs[series] = nil }
-        keys[Int(id)] = SeriesKey(product: ProductKey(""))
+        let digest = series.digest
+        guard find(series, digest: digest) == id else { return }
+        index.remove(id, hash: digest)
+        keys[Int(id)] = Self.releasedKey
         free.append(id)
     }
 
+    /// What a released id's key is until the id is handed out again.
+    private static let releasedKey = SeriesKey(product: ProductKey(""))
 }

@@ -239,8 +239,38 @@ public struct WindowAggregator: Sendable {
         }
     }
 
+    /// The product states of one window: appended as products first appear, dropped only with
+    /// the window; found through a ``HashIndex`` under the product id itself.
+    struct ProductStates: Sendable {
+        private var index = HashIndex()
+        /// The products, in the order their states were appended.
+        private(set) var products: [ProductID] = []
+        /// `states[position]` is the state of `products[position]`.
+        var states: [ProductState] = []
+
+        var count: Int { products.count }
+
+        /// Where `product`'s state is, if the window has one.
+        @inline(__always)
+        func position(of product: ProductID) -> Int? {
+            // The hash is the product id itself, so an equal hash is the same product.
+            index.find(Int(product)) { _ in true }.map(Int.init)
+        }
+
+        /// Sets `product`'s state, appending it when the window has none yet.
+        mutating func set(_ product: ProductID, _ state: ProductState) {
+            if let position = position(of: product) {
+                states[position] = state
+                return
+            }
+            index.insert(UInt32(products.count), hash: Int(product))
+            products.append(product)
+            states.append(state)
+        }
+    }
+
     struct OpenWindow: Sendable {
-        var products: [ProductID: ProductState] = [:]
+        var products = ProductStates()
         var dirtyProducts: [ProductID] = []
         /// Per partition, the lowest offset not yet emitted; `Int64.max` when none.
         var pendingFrom: [Int64]
@@ -377,12 +407,13 @@ public struct WindowAggregator: Sendable {
                 restoredPositions.append(row.reflectedBefore)
                 restoredPositionIndex[row.reflectedBefore] = index
             }
-            if window.products[row.product] == nil {
+            if window.products.position(of: row.product) == nil {
                 openWindowsOfProduct[row.product, default: 0] += 1
                 openProductWindowCount += 1
             }
-            window.products[row.product] = ProductState(
-                counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false, restoredPositions: index
+            window.products.set(
+                row.product,
+                ProductState(counts: row.totals, emitted: row.totals, nextRevision: row.revision &+ 1, isDirty: false, restoredPositions: index)
             )
             if row.uniqueUsers != UniqueUsers() { window.users[row.product] = WindowUsers(restored: row.uniqueUsers) }
         }
@@ -452,7 +483,7 @@ public struct WindowAggregator: Sendable {
         for start in expired {
             guard let window = windows.removeValue(forKey: start) else { continue }
             openProductWindowCount -= window.products.count
-            for product in window.products.keys {
+            for product in window.products.products {
                 guard let index = openWindowsOfProduct.index(forKey: product) else { continue }
                 if openWindowsOfProduct.values[index] <= 1 {
                     openWindowsOfProduct.remove(at: index)
@@ -488,8 +519,8 @@ extension WindowAggregator.OpenWindow {
         // The kind is part of an event's identity: a single-topic click shares its impression's id.
         let seenKey = eventID.map { $0 ^ (UInt64(kind.rawValue) &* 0x9E37_79B9_7F4A_7C15) }
         let outcome: CountOutcome
-        if let index = products.index(forKey: product) {
-            let restored = products.values[index].restoredPositions
+        if let position = products.position(of: product) {
+            let restored = products.states[position].restoredPositions
             if restored != .max, offset < restoredPositions[Int(restored)][partition] {
                 if user != nil || seenKey != nil {
                     remember(user: user, seenKey: seenKey, kind, product, isNew: false, partition: partition, offset: offset, maxBefore: maxBefore)
@@ -497,10 +528,10 @@ extension WindowAggregator.OpenWindow {
                 return .alreadyCounted
             }
             if let seenKey, seenEvents.contains(seenKey) { return .duplicate }
-            guard products.values[index].counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
-            products.values[index].counts.add(kind, revenueMicros: revenueMicros)
-            if !products.values[index].isDirty {
-                products.values[index].isDirty = true
+            guard products.states[position].counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
+            products.states[position].counts.add(kind, revenueMicros: revenueMicros)
+            if !products.states[position].isDirty {
+                products.states[position].isDirty = true
                 dirtyProducts.append(product)
             }
             outcome = .counted
@@ -509,7 +540,7 @@ extension WindowAggregator.OpenWindow {
             var counts = WindowCounts()
             guard counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             counts.add(kind, revenueMicros: revenueMicros)
-            products[product] = .init(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true, restoredPositions: .max)
+            products.set(product, WindowAggregator.ProductState(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true, restoredPositions: .max))
             dirtyProducts.append(product)
             outcome = .countedNewProduct
         }
@@ -543,8 +574,8 @@ extension WindowAggregator.OpenWindow {
         var rows: [WindowRow] = []
         rows.reserveCapacity(dirtyProducts.count)
         for product in dirtyProducts {
-            guard let index = products.index(forKey: product) else { continue }
-            let state = products.values[index]
+            guard let position = products.position(of: product) else { continue }
+            let state = products.states[position]
             var uniqueUsers = UniqueUsers()
             var newUsers = UserHashes()
             if let usersIndex = users.index(forKey: product) {
@@ -557,9 +588,9 @@ extension WindowAggregator.OpenWindow {
                     uniqueUsers: uniqueUsers, newUsers: newUsers
                 )
             )
-            products.values[index].emitted = state.counts
-            products.values[index].nextRevision = state.nextRevision &+ 1
-            products.values[index].isDirty = false
+            products.states[position].emitted = state.counts
+            products.states[position].nextRevision = state.nextRevision &+ 1
+            products.states[position].isDirty = false
         }
         dirtyProducts.removeAll(keepingCapacity: false)
         var firstNew: [SourceOffset] = []

@@ -70,6 +70,7 @@ public final class KafkaConsumer {
     private let queue: OpaquePointer
     private let callbacks: RebalanceContext
     private var topicNames: [OpaquePointer: (name: String, index: Int)] = [:]
+    private var lastTopic: (handle: OpaquePointer, topic: (name: String, index: Int))?
     private let topics: [String]
     private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
     private var closed = false
@@ -251,12 +252,20 @@ public final class KafkaConsumer {
         return delivered
     }
 
+    /// The name of a message's topic and its position in the subscription. Messages arrive in
+    /// runs of one partition's fetch, so the last topic answers most calls without hashing.
     private func topicName(_ topic: OpaquePointer?) -> (name: String, index: Int) {
         guard let topic else { return ("", -1) }
-        if let known = topicNames[topic] { return known }
-        let name = String(cString: rd_kafka_topic_name(topic))
-        let known = (name: name, index: topics.firstIndex(of: name) ?? -1)
-        topicNames[topic] = known
+        if let last = lastTopic, last.handle == topic { return last.topic }
+        let known: (name: String, index: Int)
+        if let cached = topicNames[topic] {
+            known = cached
+        } else {
+            let name = String(cString: rd_kafka_topic_name(topic))
+            known = (name: name, index: topics.firstIndex(of: name) ?? -1)
+            topicNames[topic] = known
+        }
+        lastTopic = (topic, known)
         return known
     }
 
