@@ -102,6 +102,7 @@ let package = Package(
             dependencies: [
                 "CTRWindows", "EventDecoding", "Ingest", "TrafficGenerator", "ClickHouseSink", "ClickHouseHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 

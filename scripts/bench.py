@@ -22,7 +22,10 @@ CPU-seconds per million events of the contender's own processes over the measure
                spent the span: on a CPU, runnable but waiting for a core (other processes on the machine), or
                blocked (waiting for messages); /proc/<pid>/task/<pid>/schedstat
   stages       decode only, windows only (ctr-bench stages, events in memory)
-  sink         rows/s into ctr_results_raw (ctr-bench sink; CPU of the client and the ClickHouse server)
+  sink         the aggregator's sink alone (ctr-bench sink): rows/s through the results store (staging, the
+               ctr_batches provenance row, the fenced insert into ctr_results_raw), 10,000-row batches whose
+               provenance covers each partition count of --partitions, in alternating rounds; CPU of the
+               client and the ClickHouse server
   clickhouse   ClickHouse ingesting the raw events (INSERT ... FORMAT JSONEachRow) and computing the
                same 10 s per-product counts with GROUP BY (CPU of the server)
   python       confluent-kafka consumer with json.loads and a dict
@@ -31,6 +34,9 @@ CPU-seconds per million events of the contender's own processes over the measure
                figure excludes consuming from Kafka (scripts/bench_flink.py). Marginal figures: after a
                warm-up job, a calibration job on 20,000 lines per file in the same JVM is subtracted,
                time and CPU, which removes the mini-cluster start and query planning every job pays
+  file         the aggregator's core on the files Flink reads (ctr-bench file): decode, windows (10 s,
+               watermark 2 s) and the rows' insert bodies, discarded as Flink's blackhole sink discards
+               its rows; no Kafka, no ClickHouse: like for like with the flink line
   wide         the aggregator end to end on a stream with revenue on clicks and a conversions topic
                (not in the default run)
   features     the aggregator end to end, events/s, CPU and peak RSS, on the plain stream and on streams
@@ -68,7 +74,7 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTENDERS = ["consume", "e2e", "stages", "sink", "clickhouse", "python", "flink", "wide", "features", "memory", "latency", "distinct",
+CONTENDERS = ["consume", "e2e", "stages", "sink", "clickhouse", "python", "flink", "file", "wide", "features", "memory", "latency", "distinct",
               "callgrind"]
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "wide"]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -251,6 +257,11 @@ class Bench:
         key = (name, partitions)
         return statistics.median(self.rows[self.index[key]][2]) if key in self.index else None
 
+    def median_cpu(self, name, partitions):
+        key = (name, partitions)
+        cpus = self.rows[self.index[key]][3] if key in self.index else None
+        return statistics.median(cpus) if cpus else None
+
     def ensure_venv(self, packages):
         venv = self.args.venv
         python = os.path.join(venv, "bin", "python")
@@ -348,22 +359,40 @@ class Bench:
             self.record(f"{name} only (in memory)", "-", events, seconds, float(details["cpu"]))
 
     def sink(self, database):
+        """The aggregator's sink alone (ctr-bench sink: the results store's staging, provenance row
+        and fenced insert), the same rows and batches with each batch's provenance covering each
+        partition count of --partitions, in alternating rounds."""
         server = self.clickhouse_pid()
         before = cpu_seconds(server) if server else 0.0
-        out = subprocess.run([self.exe("ctr-bench"), "sink", "--clickhouse-url", self.url, "--database", database, "--rows", "300000"],
-                             check=True, capture_output=True, text=True).stdout
-        rows, seconds, details = result_line(out, "sink")
+        counts = ",".join(str(p) for p in self.args.partitions)
+        out = subprocess.run([self.exe("ctr-bench"), "sink", "--clickhouse-url", self.url, "--database", database, "--rows", "300000",
+                              "--source-partitions", counts], check=True, capture_output=True, text=True).stdout
         server_cpu = (cpu_seconds(server) - before) if server else 0.0
-        self.record("sink only (rows/s; client + ClickHouse CPU)", "-", rows, seconds, float(details["cpu"]) + server_cpu)
+        results = {p: result_line(out, f"sink-{p}") for p in self.args.partitions}
+        client_cpu = sum(float(details["cpu"]) for _, _, details in results.values())
+        total_seconds = sum(seconds for _, seconds, _ in results.values())
+        for partitions, (rows, seconds, details) in results.items():
+            # The server's CPU is shared out by time: the rounds alternate, so each count had its share.
+            share = server_cpu * seconds / total_seconds if total_seconds else 0.0
+            self.record("sink alone (rows/s; client + ClickHouse CPU)", partitions, rows, seconds, float(details["cpu"]) + share)
 
     def dump(self, brokers):
-        """The topics' values, one per line: impressions.jsonl and clicks.jsonl."""
+        """The topics' values, one per line, in event-time order: impressions.jsonl and clicks.jsonl.
+
+        kcat hands out a topic partition by partition, so its output runs through the stream's
+        time once per partition; read in that order, almost every event would be late for a
+        2 s watermark (Flink drops those, the aggregator revises its windows). Sorted by
+        timestamp, each file is one in-order source, as a topic is to a consumer that reads its
+        partitions side by side."""
         paths = {}
         for topic in ("impressions", "clicks"):
             path = os.path.join(self.work, f"{topic}.jsonl")
             if not os.path.exists(path):
+                lines = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q"], check=True,
+                                       stdout=subprocess.PIPE).stdout.splitlines()
+                lines.sort(key=lambda line: json.loads(line)["timestamp"])
                 with open(path, "wb") as f:
-                    subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q"], check=True, stdout=f)
+                    f.write(b"".join(line + b"\n" for line in lines))
             paths[topic] = path
         return paths
 
@@ -407,6 +436,14 @@ class Bench:
             return
         self.record(f"flink sql TUMBLE, p={self.args.flink_parallelism} (file source)", "-", events - small_events,
                     seconds - small_seconds, max(float(details["cpu"]) - float(small["cpu"]), 0.0))
+
+    def file_source(self, files, total):
+        out = subprocess.run([self.exe("ctr-bench"), "file", "--impressions", files["impressions"], "--clicks", files["clicks"]],
+                             check=True, capture_output=True, text=True).stdout
+        events, seconds, details = result_line(out, "file")
+        if events < total:
+            raise SystemExit(f"ctr-bench file decoded {events} of {total} events ({details.get('rejected')} rejected)")
+        self.record("aggregator core (file source, as flink)", "-", events, seconds, float(details["cpu"]))
 
     def memory(self):
         out = subprocess.run([self.exe("ctr-bench"), "memory", "--products", "100000", "--windows", "3"], check=True, capture_output=True, text=True).stdout
@@ -571,7 +608,7 @@ class Bench:
         began = time.time()
         truth_data, total = None, 0
         reference = args.partitions[len(args.partitions) // 2]
-        needs_stream = {"consume", "e2e", "sink", "clickhouse", "python", "flink"} & set(chosen)
+        needs_stream = {"consume", "e2e", "sink", "clickhouse", "python", "flink", "file"} & set(chosen)
         for partitions in (args.partitions if needs_stream else []):
             broker, brokers, truth_data = self.preload(partitions)
             total = truth_data["events_sent"]["impressions"] + truth_data["events_sent"]["clicks"]
@@ -600,7 +637,9 @@ class Bench:
                         self.stages()
                     if "sink" in chosen:
                         self.sink(database)
-                    files = self.dump(brokers) if {"clickhouse", "flink"} & set(chosen) else None
+                    files = self.dump(brokers) if {"clickhouse", "flink", "file"} & set(chosen) else None
+                    if "file" in chosen:
+                        self.file_source(files, total)
                     if "clickhouse" in chosen:
                         self.clickhouse_raw(database, files, total)
                     if "python" in chosen:
@@ -675,15 +714,23 @@ class Bench:
             aggregator, consume = self.median("aggregator end to end", partitions), self.median("consume (librdkafka, discard)", partitions)
             if aggregator and consume:
                 print(f"aggregator / consumer limit at {partitions} partitions: {aggregator / consume:.2f}")
-        low, high = self.median("  its sink (rows/s of insert time)", args.partitions[0]), self.median("  its sink (rows/s of insert time)", args.partitions[-1])
-        if low and high:
-            print(f"sink rows/s at {args.partitions[-1]} / at {args.partitions[0]} partitions: {high / low:.2f}")
+        for name in ("  its sink (rows/s of insert time)", "sink alone (rows/s; client + ClickHouse CPU)"):
+            low, high = self.median(name, args.partitions[0]), self.median(name, args.partitions[-1])
+            if low and high:
+                print(f"{name.strip()}: at {args.partitions[-1]} / at {args.partitions[0]} partitions: {high / low:.2f}")
         reference = args.partitions[len(args.partitions) // 2]
         aggregator = self.median("aggregator end to end", reference)
         for name in ("clickhouse raw ingest + GROUP BY", "python confluent-kafka + json.loads", f"flink sql TUMBLE, p={args.flink_parallelism} (file source)"):
             other = self.median(name, "-") or self.median(name, reference)
             if aggregator and other:
                 print(f"aggregator ({reference} partitions) / {name}: {aggregator / other:.2f}x")
+        flink_name = f"flink sql TUMBLE, p={args.flink_parallelism} (file source)"
+        core, flink = self.median("aggregator core (file source, as flink)", "-"), self.median(flink_name, "-")
+        if core and flink:
+            core_cpu, flink_cpu = self.median_cpu("aggregator core (file source, as flink)", "-"), self.median_cpu(flink_name, "-")
+            if core_cpu and flink_cpu:
+                print(f"like for like, both from the same files into a discarding sink: aggregator core / {flink_name}: "
+                      f"{core / flink:.2f}x the events/s, {flink_cpu / core_cpu:.1f}x less CPU per event")
         if getattr(self, "peak_backlog", 0):
             print(f"aggregator peak RSS (backlog of {total:,} events): {self.peak_backlog / 1024:.0f} MiB")
         for note in self.notes:

@@ -5,6 +5,7 @@ import CTRWindows
 import Foundation
 import EventDecoding
 import Ingest
+import Logging
 import TrafficGenerator
 
 /// Measurements that scripts/bench.py combines into one table. Each prints one line
@@ -14,7 +15,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctr-bench",
         abstract: "Benchmark stages of the CTR pipeline (release build: swift build -c release).",
-        subcommands: [Consume.self, Stages.self, Sink.self, SinkFormats.self, Memory.self, Callgrind.self, DistinctProducer.self]
+        subcommands: [Consume.self, Stages.self, FileSource.self, Sink.self, SinkFormats.self, Memory.self, Callgrind.self, DistinctProducer.self]
     )
 }
 
@@ -130,40 +131,140 @@ struct Stages: ParsableCommand {
     }
 }
 
+/// Rows per second through the aggregator's sink (``ClickHouseResultsStore``: staging, the
+/// `ctr_batches` provenance row, the fenced insert into `ctr_results_raw`), with each batch's
+/// provenance covering `--source-partitions` partitions. The same rows and batch sizes for every
+/// partition count, in alternating rounds, so what differs between the lines is only what the
+/// partition count costs the sink.
 struct Sink: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Rows per second into ctr_results_raw.")
+    static let configuration = CommandConfiguration(abstract: "Rows per second through the results store, per source-partition count.")
     @Option var clickhouseUrl: String
     @Option var database: String
-    @Option var rows = 500_000
-    @Option var batchRows = 50_000
+    @Option var rows = 300_000
+    @Option var batchRows = 10_000
+    @Option(help: "Comma-separated partition counts of each batch's provenance.") var sourcePartitions = "3,96"
+    @Option var rounds = 2
 
     func run() throws {
-        let connection = try ClickHouseConnection(endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database))
-        var batches: [[UInt8]] = []
-        let end = Timestamp(milliseconds: 1_700_000_010_000)
+        let counts = sourcePartitions.split(separator: ",").compactMap { Int($0) }
+        let store = try ClickHouseResultsStore(
+            endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database), writer: "bench", consumerGroup: "bench", policy: RetryPolicy(),
+            maxBatchRows: batchRows, logger: Logger(label: "ctr-bench")
+        )
+        try store.fence(group: "bench", generation: 1) { false }
         var sequence: UInt64 = 0
-        var batch = ResultBatch(id: "bench-0", sequence: 0, generation: 0, day: ResultBatch.day(of: end))
-        for index in 0..<rows {
-            batch.append(
-                ResultRow(
-                    productID: TrafficGenerator.productName(index), windowStart: Timestamp(milliseconds: 1_700_000_000_000), windowEnd: end,
-                    totals: WindowCounts(impressions: 100, clicks: 3), delta: WindowCounts(impressions: 100, clicks: 3), revision: 0,
-                    emittedAt: end
-                )
-            )
-            if batch.rowCount == batchRows {
-                batches.append(ResultRowEncoder.jsonEachRow(batch))
-                sequence += 1
-                batch = ResultBatch(id: "bench-\(sequence)", sequence: sequence, generation: 0, day: ResultBatch.day(of: end))
+        var totals: [Int: (rows: Int, seconds: Double, cpu: Double, batches: Int)] = [:]
+        for _ in 0..<rounds {
+            for partitions in counts {
+                let positions = (0..<partitions).flatMap { partition in
+                    ["impressions", "clicks"].map { PartitionPosition(partition: "\($0):\(partition)", nextOffset: 1_000_000 + Int64(partition)) }
+                }
+                var batches: [ResultBatch] = []
+                for first in stride(from: 0, to: rows, by: batchRows) {
+                    let start = Timestamp(milliseconds: 1_700_000_000_000 + Int64(sequence) * 10_000)
+                    let end = Timestamp(milliseconds: start.milliseconds + 10_000)
+                    var batch = ResultBatch(id: "bench-\(sequence)", sequence: sequence, generation: 1, day: ResultBatch.day(of: end))
+                    sequence += 1
+                    for index in first..<min(first + batchRows, rows) {
+                        batch.append(
+                            ResultRow(
+                                productID: TrafficGenerator.productName(index % 10_000), windowStart: start, windowEnd: end,
+                                totals: WindowCounts(impressions: 100, clicks: 3), delta: WindowCounts(impressions: 100, clicks: 3), revision: 0,
+                                emittedAt: end
+                            )
+                        )
+                    }
+                    batch.positions = positions
+                    batches.append(batch)
+                }
+                let started = ContinuousClock.now
+                let cpu = cpuSeconds()
+                for batch in batches {
+                    guard case .written = try store.write(batch, onRetry: { _ in }) else { throw ValidationError("a batch was fenced") }
+                }
+                let total = totals[partitions, default: (0, 0, 0, 0)]
+                totals[partitions] = (total.rows + rows, total.seconds + seconds(since: started), total.cpu + cpuSeconds() - cpu, total.batches + batches.count)
             }
         }
-        if batch.rowCount > 0 { batches.append(ResultRowEncoder.jsonEachRow(batch)) }
-        let start = ContinuousClock.now
-        let cpu = cpuSeconds()
-        for body in batches {
-            _ = try connection.execute("INSERT INTO ctr_results_raw FORMAT JSONEachRow", body: body)
+        for partitions in counts {
+            guard let total = totals[partitions] else { continue }
+            report("sink-\(partitions)", events: total.rows, seconds: total.seconds, "batches=\(total.batches) cpu=\(total.cpu)")
         }
-        report("sink", events: rows, seconds: seconds(since: start), "batches=\(batches.count) cpu=\(cpuSeconds() - cpu)")
+    }
+}
+
+/// The aggregator's core on files, as Flink's contender reads them: the impressions and clicks
+/// files (one JSON value per line) read in alternating chunks, as two source partitions;
+/// decoded, counted in the default windows (10 s, watermark 2 s), and every emitted window's
+/// rows encoded into insert bodies (RowBinary), which are discarded as Flink's blackhole sink
+/// discards its rows. No Kafka, no ClickHouse: like for like with Flink's file source.
+struct FileSource: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "file", abstract: "Decode, windows and row encoding over JSON-lines files.")
+    @Option var impressions: String
+    @Option var clicks: String
+    @Option(help: "Lines read from one file before switching to the other.") var chunkLines = 10_000
+
+    func run() throws {
+        let started = ContinuousClock.now
+        let cpu = cpuSeconds()
+        var sources = try [(EventKind.impression, impressions), (.click, clicks)].map { kind, path in
+            guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+            return (kind: kind, bytes: [UInt8](data), position: 0)
+        }
+        let decoder = EventDecoder()
+        let now = WallClock.now()
+        var catalog = ProductCatalog()
+        var windows = WindowAggregator(configuration: WindowConfiguration(), partitionCount: sources.count, now: now)
+        var offsets = Array(repeating: Int64(0), count: sources.count)
+        var events = 0, rejected = 0, rows = 0, revisions = 0, bodyBytes = 0
+        func encode(_ emissions: [WindowEmission]) {
+            for emission in emissions {
+                var batch = ResultBatch(id: "file", sequence: 0, generation: 0, day: ResultBatch.day(of: emission.windowEnd))
+                for row in emission.rows {
+                    if row.revision > 0 { revisions += 1 }
+                    let series = catalog.series(of: row.product)
+                    batch.append(
+                        ResultRow(
+                            productID: series.product.name, dimensions: series.dimensions, windowStart: emission.windowStart,
+                            windowEnd: emission.windowEnd, totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now
+                        )
+                    )
+                }
+                rows += batch.rowCount
+                bodyBytes += ResultRowEncoder.rowBinary(batch).count
+            }
+            for product in windows.takeReleasedProducts() { catalog.release(product) }
+        }
+        while sources.contains(where: { $0.position < $0.bytes.count }) {
+            for partition in sources.indices {
+                let kind = sources[partition].kind
+                sources[partition].bytes.withUnsafeBytes { file in
+                    var position = sources[partition].position
+                    var lines = 0
+                    while position < file.count && lines < chunkLines {
+                        let end = file[position...].firstIndex(of: UInt8(ascii: "\n")) ?? file.count
+                        if end > position {
+                            switch decoder.decode(UnsafeRawBufferPointer(rebasing: file[position..<end]), expecting: kind, now: now) {
+                            case .success(let event):
+                                let product = catalog.id(for: SeriesKey(product: event.product, dimensions: event.dimensions))
+                                _ = windows.ingest(kind, product, at: event.timestamp, from: partition, offset: offsets[partition])
+                                events += 1
+                            case .failure:
+                                rejected += 1
+                            }
+                            offsets[partition] += 1
+                        }
+                        position = end + 1
+                        lines += 1
+                    }
+                    sources[partition].position = position
+                }
+            }
+            encode(windows.advance(now: now))
+        }
+        // End of input: every window is complete, as Flink's bounded source ends with a final watermark.
+        encode(windows.advance(now: Timestamp(milliseconds: Int64.max / 2)))
+        report("file", events: events, seconds: seconds(since: started), "rows=\(rows) revisions=\(revisions) body_bytes=\(bodyBytes) rejected=\(rejected) cpu=\(cpuSeconds() - cpu)")
     }
 }
 
