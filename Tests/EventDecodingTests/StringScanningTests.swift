@@ -64,3 +64,47 @@ import Foundation
         }
     }
 }
+
+/// The fast paths for the contract's field names and for integer timestamps against the general
+/// ones: a decoder with a click field (single-topic shape) looks up every key by scanning it as
+/// a string and reads every timestamp through the number grammar, so both shapes must agree on
+/// every event whatever its spelling. (`revenue` is left out: an impression skips it, a
+/// single-topic event reads it for its click.)
+@Suite struct FastPathTests {
+    static let keys = [
+        "product_id", "timestamp", "event_type", "product_idx", "product_i", "Product_id", "timestamps", "timestam",
+        "event_typ", "event_type_", "revenue_", "revenu", #"product\u005fid"#, #"timestam\u0070"#, "event_id", "p",
+    ]
+    static let timestamps = [
+        "1700000000123", "1700000000123.0", "1700000000123e0", "1700000000123E+1", "17000000001230000000", "170000000012300000",
+        "0", "01700000000123", "-1700000000123", "1700000000123 ", #""2023-11-14T22:13:20Z""#, "1700000000123x",
+    ]
+
+    @Test func keysAndTimestampsDecodeAsOnTheGeneralPath() {
+        let decoder = EventDecoder()
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            var fields: [String] = []
+            for _ in 0..<Int.random(in: 1...5, using: &random) {
+                let key = Self.keys.randomElement(using: &random)!
+                let value = key.hasPrefix("time")
+                    ? Self.timestamps.randomElement(using: &random)!
+                    : key == "event_type" ? #""impression""# : #""v\#(Int.random(in: 0..<9, using: &random))""#
+                let space = Bool.random(using: &random) ? " " : ""
+                fields.append("\"\(key)\"\(space):\(space)\(value)")
+            }
+            fields.insert(#""click":0"#, at: Int.random(in: 0...fields.count, using: &random))
+            let text = "{" + fields.joined(separator: ",") + "}"
+            let fast = decoder.decode(Array(text.utf8), shape: .kind(.impression), now: now)
+            let general = decoder.decode(Array(text.utf8), shape: .impressionWithClickFlag(clickField: "click"), now: now)
+            switch (fast, general) {
+            case (.success(let a), .success(let b)):
+                #expect(a.product == b.product && a.timestamp == b.timestamp, "\(text)")
+            case (.failure(let a), .failure(let b)):
+                #expect(a.reason == b.reason, "\(text): \(a) against \(b)")
+            default:
+                Issue.record("\(text): \(fast) against \(general)")
+            }
+        }
+    }
+}
