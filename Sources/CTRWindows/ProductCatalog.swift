@@ -3,9 +3,9 @@
 public struct ProductKey: Hashable, Sendable, CustomStringConvertible {
     /// The product id exactly as received.
     public let name: String
-    /// `name`'s bytes hashed once, with this process's random seed (``Hasher``): a dictionary
-    /// lookup hashes this one word, and keys that differ are almost always told apart by it
-    /// without comparing their bytes.
+    /// `name`'s bytes hashed once, with this process's random seed (``Hasher``): the
+    /// catalogue's index uses it as the hash (a dictionary hashes this one word), and keys that
+    /// differ are almost always told apart by it without comparing their bytes.
     @usableFromInline let digest: Int
 
     @inlinable

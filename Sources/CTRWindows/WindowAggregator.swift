@@ -244,11 +244,11 @@ public struct WindowAggregator: Sendable {
     struct ProductStates: Sendable {
         private var index = HashIndex()
         /// The products, in the order their states were appended.
-        private(set) var products: [ProductID] = []
-        /// `states[position]` is the state of `products[position]`.
+        private(set) var ids: [ProductID] = []
+        /// `states[position]` is the state of `ids[position]`.
         var states: [ProductState] = []
 
-        var count: Int { products.count }
+        var count: Int { ids.count }
 
         /// Where `product`'s state is, if the window has one.
         @inline(__always)
@@ -257,15 +257,20 @@ public struct WindowAggregator: Sendable {
             index.find(Int(product)) { _ in true }.map(Int.init)
         }
 
+        /// Appends `product`'s state; the window must have none yet.
+        mutating func append(_ product: ProductID, _ state: ProductState) {
+            index.insert(UInt32(ids.count), hash: Int(product))
+            ids.append(product)
+            states.append(state)
+        }
+
         /// Sets `product`'s state, appending it when the window has none yet.
         mutating func set(_ product: ProductID, _ state: ProductState) {
             if let position = position(of: product) {
                 states[position] = state
-                return
+            } else {
+                append(product, state)
             }
-            index.insert(UInt32(products.count), hash: Int(product))
-            products.append(product)
-            states.append(state)
         }
     }
 
@@ -483,7 +488,7 @@ public struct WindowAggregator: Sendable {
         for start in expired {
             guard let window = windows.removeValue(forKey: start) else { continue }
             openProductWindowCount -= window.products.count
-            for product in window.products.products {
+            for product in window.products.ids {
                 guard let index = openWindowsOfProduct.index(forKey: product) else { continue }
                 if openWindowsOfProduct.values[index] <= 1 {
                     openWindowsOfProduct.remove(at: index)
@@ -540,7 +545,9 @@ extension WindowAggregator.OpenWindow {
             var counts = WindowCounts()
             guard counts.canAdd(revenueMicros: revenueMicros) else { return .revenueOverflow }
             counts.add(kind, revenueMicros: revenueMicros)
-            products.set(product, WindowAggregator.ProductState(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true, restoredPositions: .max))
+            products.append(
+                product, WindowAggregator.ProductState(counts: counts, emitted: WindowCounts(), nextRevision: 0, isDirty: true, restoredPositions: .max)
+            )
             dirtyProducts.append(product)
             outcome = .countedNewProduct
         }
