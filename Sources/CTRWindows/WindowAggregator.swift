@@ -302,7 +302,12 @@ public struct WindowAggregator: Sendable {
     public let configuration: WindowConfiguration
     public let assigner: WindowAssigner
     public private(set) var watermarks: Watermarks
-    var windows: [Int64: OpenWindow] = [:]
+    /// The open windows by start. Adding or removing one invalidates its indices: every place
+    /// that does resets ``lastWindow``.
+    private(set) var windows: [Int64: OpenWindow] = [:]
+    /// The window the last event was counted in, and where it is in ``windows``: consecutive
+    /// events mostly fall in the same window, which is then found without hashing its start.
+    private var lastWindow: (start: Int64, index: [Int64: OpenWindow].Index)?
     /// Distinct `reflectedBefore` vectors of restored rows (one per durable batch, typically).
     var restoredPositions: [[Int64]] = []
     var restoredPositionIndex: [[Int64]: UInt32] = [:]
@@ -363,7 +368,14 @@ public struct WindowAggregator: Sendable {
         }
         let maxBefore = watermarks.partitions[partition].maxEventTime
         let outcome: OpenWindow.CountOutcome
-        if let index = windows.index(forKey: start) {
+        let index: [Int64: OpenWindow].Index?
+        if let lastWindow, lastWindow.start == start {
+            index = lastWindow.index
+        } else {
+            index = windows.index(forKey: start)
+            lastWindow = index.map { (start, $0) }
+        }
+        if let index {
             outcome = windows.values[index].count(
                 kind, product, revenueMicros, user: user, eventID: eventID, from: partition, offset: offset, maxBefore: maxBefore,
                 restoredPositions: restoredPositions
@@ -375,6 +387,7 @@ public struct WindowAggregator: Sendable {
                 restoredPositions: restoredPositions
             )
             windows[start] = window
+            lastWindow = nil
         }
         switch outcome {
         case .alreadyCounted:
@@ -423,6 +436,7 @@ public struct WindowAggregator: Sendable {
             if row.uniqueUsers != UniqueUsers() { window.users[row.product] = WindowUsers(restored: row.uniqueUsers) }
         }
         windows[windowStart.milliseconds] = window
+        lastWindow = nil
     }
 
     /// Lowest offset of `partition` a restart must replay from, if any, with the partition's
@@ -487,6 +501,7 @@ public struct WindowAggregator: Sendable {
         }
         for start in expired {
             guard let window = windows.removeValue(forKey: start) else { continue }
+            lastWindow = nil
             openProductWindowCount -= window.products.count
             for product in window.products.ids {
                 guard let index = openWindowsOfProduct.index(forKey: product) else { continue }
