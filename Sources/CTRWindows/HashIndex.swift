@@ -80,9 +80,6 @@ struct HashIndex: Sendable {
         count -= 1
     }
 
-    /// Every indexed value, in no particular order.
-    var values: [UInt32] { slots.compactMap { $0.value == Self.empty ? nil : $0.value } }
-
     private mutating func place(_ slot: Slot) {
         var position = home(slot.hash)
         while slots[position].value != Self.empty { position = (position + 1) & mask }

@@ -245,7 +245,8 @@ public struct WindowAggregator: Sendable {
         private var index = HashIndex()
         /// The products, in the order their states were appended.
         private(set) var ids: [ProductID] = []
-        /// `states[position]` is the state of `ids[position]`.
+        /// `states[position]` is the state of `ids[position]`; changed in place, never appended
+        /// to or removed from but by ``append(_:_:)``.
         var states: [ProductState] = []
 
         var count: Int { ids.count }
@@ -259,6 +260,7 @@ public struct WindowAggregator: Sendable {
 
         /// Appends `product`'s state; the window must have none yet.
         mutating func append(_ product: ProductID, _ state: ProductState) {
+            assert(position(of: product) == nil, "product \(product) already has a state in the window")
             index.insert(UInt32(ids.count), hash: Int(product))
             ids.append(product)
             states.append(state)

@@ -263,8 +263,8 @@ struct QuotedName: Sendable {
     /// Whether the 16 bytes at `offset` of `bytes` start with the name and its closing quote.
     @inline(__always)
     func matches(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Bool {
-        bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self) & headMask == head
-            && bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) & tailMask == tail
+        UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) & headMask == head
+            && UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)) & tailMask == tail
     }
 }
 
@@ -912,7 +912,6 @@ struct JSONScanner {
         raw.count == other.count && (raw.count == 0 || memcmp(raw.baseAddress!, other.baseAddress!, raw.count) == 0)
     }
 
-    /// An optional minus and 1 to 18 decimal digits (which cannot overflow `Int64`), else nil.
     /// Fast path of `timestampValue`: a positive integer of at most 18 digits, not continued
     /// by a fraction or an exponent, read in one pass; `nil` (the index unchanged) otherwise.
     @inline(__always)
@@ -934,6 +933,8 @@ struct JSONScanner {
         return value
     }
 
+    /// An optional minus and 1 to 18 decimal digits (which cannot overflow `Int64`), else nil:
+    /// the integers ``plainInteger()`` leaves to the number grammar (negative, a leading zero).
     private static func shortInteger(_ text: UnsafeRawBufferPointer) -> Int64? {
         let negative = text.first == UInt8(ascii: "-")
         let digits = negative ? UnsafeRawBufferPointer(rebasing: text.dropFirst()) : text

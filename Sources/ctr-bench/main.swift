@@ -146,7 +146,10 @@ struct Sink: ParsableCommand {
     @Option var rounds = 2
 
     func run() throws {
-        let counts = sourcePartitions.split(separator: ",").compactMap { Int($0) }
+        let counts = try sourcePartitions.split(separator: ",").map { entry in
+            guard let count = Int(entry), count > 0 else { throw ValidationError("--source-partitions: \(entry) is not a partition count") }
+            return count
+        }
         let store = try ClickHouseResultsStore(
             endpoint: ClickHouseEndpoint(url: clickhouseUrl, database: database), writer: "bench", consumerGroup: "bench", policy: RetryPolicy(),
             maxBatchRows: batchRows, logger: Logger(label: "ctr-bench")

@@ -69,7 +69,8 @@ import Foundation
 /// ones: a decoder with a click field (single-topic shape) looks up every key by scanning it as
 /// a string and reads every timestamp through the number grammar, so both shapes must agree on
 /// every event whatever its spelling. (`revenue` is left out: an impression skips it, a
-/// single-topic event reads it for its click.)
+/// single-topic event reads it for its click.) A failure names the event's text, which is all
+/// it takes to replay it.
 @Suite struct FastPathTests {
     static let keys = [
         "product_id", "timestamp", "event_type", "product_idx", "product_i", "Product_id", "timestamps", "timestam",
