@@ -26,7 +26,8 @@ public struct AggregatorConfiguration: Sendable {
     public var decoder: EventDecoder
     /// Rows that make a batch full.
     public var batchMaxRows: Int
-    /// Longest time a row waits in an open batch.
+    /// Longest time a row waits in an open batch while the sink is idle (while it still writes
+    /// earlier batches, the open batch waits for it, or until full: fewer, larger inserts).
     public var batchMaxDelay: Duration
     /// Rows buffered towards ClickHouse above which consuming pauses (bounded memory while
     /// ClickHouse is slow or down); it resumes below half of it.

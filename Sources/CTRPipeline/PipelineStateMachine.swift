@@ -34,7 +34,9 @@ public struct PipelineStateMachine: Sendable {
         public var windows: WindowConfiguration
         /// Rows that make a batch full (a batch never has more).
         public var batchMaxRows: Int
-        /// Longest time (ms of processing time) a row waits in an open batch.
+        /// Longest time (ms of processing time) a row waits in an open batch while the sink is
+        /// idle; while it still writes earlier batches, the open batch waits for it (or until
+        /// full).
         public var batchMaxDelay: Milliseconds
         /// Rows waiting for ClickHouse above which consuming pauses; it resumes below half.
         public var bufferMaxRows: Int
@@ -427,6 +429,12 @@ public struct PipelineStateMachine: Sendable {
     /// or old batches (and the open batch as soon as the consumer has caught up: an empty poll
     /// with no backlog, so waiting out `batchMaxDelay` would only delay its rows), commits
     /// when due, and pauses or resumes consumption for backpressure.
+    ///
+    /// An open batch that is not full waits while the sink still holds rows of earlier
+    /// batches: submitted then, it would only queue behind them, and kept, it grows, so a
+    /// backlog is written in fewer, larger inserts. ClickHouse's cost is mostly per insert
+    /// (parts of the results table and of every view's table): about 0.1 to 0.3 CPU s each on
+    /// 18.16, whether it holds 2,000 or 50,000 rows.
     public mutating func pollFinished(_ observation: PollObservation) -> [Action] {
         guard phase == .running, assignment != nil else { return [] }
         let now = observation.now
@@ -447,7 +455,9 @@ public struct PipelineStateMachine: Sendable {
         if !emissions.isEmpty { add(emissions, at: now, into: &actions) }
         for product in assignment!.windows.takeReleasedProducts() { catalog.release(product) }
         let caughtUp = observation.pollWasEmpty && observation.partitionsWithBacklog.isEmpty && !observation.sourceTrouble
-        if let batch = openBatch, batch.rowCount > 0, caughtUp || now.milliseconds - openBatchCreatedAt >= configuration.batchMaxDelay.value {
+        if let batch = openBatch, batch.rowCount > 0, observation.sinkBufferedRows == 0,
+            caughtUp || now.milliseconds - openBatchCreatedAt >= configuration.batchMaxDelay.value
+        {
             submitOpenBatch(into: &actions)
         }
         if now.milliseconds - lastCommitAt >= configuration.commitInterval.value, let commit = commitAction(observation) {

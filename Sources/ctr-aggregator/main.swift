@@ -77,7 +77,7 @@ struct AggregatorCommand: ParsableCommand {
     @Option(help: "Event field that identifies an event: an event whose id its window already counted is not counted again. (default: none)")
     var dedupField: String?
     @Option(help: "Rows per insert batch, at most; a batch is one block. (default: \(Defaults.batchMaxRows))") var batchMaxRows: Int?
-    @Option(help: "Longest wait before a batch is sent, ms. (default: \(Defaults.batchMaxDelay.milliseconds))") var batchMaxDelayMs: Int?
+    @Option(help: "Longest wait before a batch is sent while ClickHouse is not busy with an earlier one, ms. (default: \(Defaults.batchMaxDelay.milliseconds))") var batchMaxDelayMs: Int?
     @Option(help: "Rows buffered for ClickHouse above which consuming pauses. (default: \(Defaults.bufferMaxRows))") var bufferMaxRows: Int?
     @Option(help: "Open (product, window) pairs above which consuming pauses until windows close. (default: \(Defaults.maxOpenProductWindows))")
     var maxOpenProductWindows: Int?

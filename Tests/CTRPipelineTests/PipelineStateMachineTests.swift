@@ -135,6 +135,22 @@ import Testing
         #expect(batches.map { $0.rows.map(\.productID) } == [["a", "b"]], "caught up: the batch leaves before the 250 ms batch delay")
     }
 
+    @Test func theOpenBatchWaitsWhileTheSinkWritesAnEarlierOne() {
+        var machine = running()
+        for (offset, product) in ["a", "b"].enumerated() { _ = machine.consumed(topicIndex: 0, partition: 0, offset: Int64(offset), impression(product, 1_000)) }
+        _ = machine.consumed(topicIndex: 0, partition: 0, offset: 2, impression("c", 12_500))
+        _ = machine.pollFinished(.init(now: at(10)))
+        #expect(
+            submitted(machine.pollFinished(.init(now: at(400), sinkBufferedRows: 7))).isEmpty,
+            "past the 250 ms batch delay, but ClickHouse still writes 7 rows of an earlier batch"
+        )
+        #expect(submitted(machine.pollFinished(.init(now: at(410), sinkBufferedRows: 7, pollWasEmpty: true))).isEmpty, "caught up, still busy")
+        _ = machine.consumed(topicIndex: 0, partition: 0, offset: 3, impression("d", 22_500))
+        #expect(submitted(machine.pollFinished(.init(now: at(420), sinkBufferedRows: 7))).isEmpty, "the next window's rows join the batch")
+        let batches = submitted(machine.pollFinished(.init(now: at(430))))
+        #expect(batches.map { $0.rows.map(\.productID) } == [["a", "b", "c"]], "the sink is idle: one insert for both windows")
+    }
+
     @Test func anEmissionLargerThanTheCapIsSplitIntoBatchesWithOnePosition() {
         var machine = running(batchMaxRows: 2)
         for (offset, product) in ["a", "b", "c", "d", "e"].enumerated() {
