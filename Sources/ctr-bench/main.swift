@@ -245,7 +245,8 @@ struct FileSource: ParsableCommand {
                     var position = sources[partition].position
                     var lines = 0
                     while position < file.count && lines < chunkLines {
-                        let end = file[position...].firstIndex(of: UInt8(ascii: "\n")) ?? file.count
+                        let end = memchr(file.baseAddress! + position, 0x0A, file.count - position)
+                            .map { file.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? file.count
                         if end > position {
                             switch decoder.decode(UnsafeRawBufferPointer(rebasing: file[position..<end]), expecting: kind, now: now) {
                             case .success(let event):
