@@ -369,7 +369,6 @@ class Bench:
                               "--source-partitions", counts], check=True, capture_output=True, text=True).stdout
         server_cpu = (cpu_seconds(server) - before) if server else 0.0
         results = {p: result_line(out, f"sink-{p}") for p in self.args.partitions}
-        client_cpu = sum(float(details["cpu"]) for _, _, details in results.values())
         total_seconds = sum(seconds for _, seconds, _ in results.values())
         for partitions, (rows, seconds, details) in results.items():
             # The server's CPU is shared out by time: the rounds alternate, so each count had its share.
