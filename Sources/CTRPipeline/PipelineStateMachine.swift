@@ -433,8 +433,8 @@ public struct PipelineStateMachine: Sendable {
     /// An open batch that is not full waits while the sink still holds rows of earlier
     /// batches: submitted then, it would only queue behind them, and kept, it grows, so a
     /// backlog is written in fewer, larger inserts. ClickHouse's cost is mostly per insert
-    /// (parts of the results table and of every view's table): about 0.1 to 0.3 CPU s each on
-    /// 18.16, whether it holds 2,000 or 50,000 rows.
+    /// (parts of the results table and of every view's table; measured in the README's
+    /// benchmark section).
     public mutating func pollFinished(_ observation: PollObservation) -> [Action] {
         guard phase == .running, assignment != nil else { return [] }
         let now = observation.now
@@ -502,14 +502,7 @@ public struct PipelineStateMachine: Sendable {
                     openBatch!.positions = positions
                     assignment!.tracker.batch(openBatch!.sequence, dependsOn: emission.firstNewOffsets)
                 }
-                let series = catalog.series(of: row.product)
-                openBatch!.append(
-                    ResultRow(
-                        productID: series.product.name, dimensions: series.dimensions, windowStart: emission.windowStart,
-                        windowEnd: emission.windowEnd, totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now,
-                        uniqueUsers: row.uniqueUsers, newUsers: row.newUsers
-                    )
-                )
+                openBatch!.append(ResultRow(row, of: emission, series: catalog.series(of: row.product), emittedAt: now))
             }
         }
     }

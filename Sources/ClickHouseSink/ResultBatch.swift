@@ -39,6 +39,16 @@ public struct ResultRow: Sendable, Hashable {
         self.emittedAt = emittedAt
     }
 
+    /// The row of `row`, one of `emission`'s rows, whose product number stands for `series`,
+    /// emitted at processing time `emittedAt`.
+    public init(_ row: WindowRow, of emission: WindowEmission, series: SeriesKey, emittedAt: Timestamp) {
+        self.init(
+            productID: series.product.name, dimensions: series.dimensions, windowStart: emission.windowStart, windowEnd: emission.windowEnd,
+            totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: emittedAt, uniqueUsers: row.uniqueUsers,
+            newUsers: row.newUsers
+        )
+    }
+
     public static func == (lhs: ResultRow, rhs: ResultRow) -> Bool {
         lhs.productID.utf8.elementsEqual(rhs.productID.utf8)
             && lhs.dimensions.count == rhs.dimensions.count

@@ -225,13 +225,7 @@ struct FileSource: ParsableCommand {
                 var batch = ResultBatch(id: "file", sequence: 0, generation: 0, day: ResultBatch.day(of: emission.windowEnd))
                 for row in emission.rows {
                     if row.revision > 0 { revisions += 1 }
-                    let series = catalog.series(of: row.product)
-                    batch.append(
-                        ResultRow(
-                            productID: series.product.name, dimensions: series.dimensions, windowStart: emission.windowStart,
-                            windowEnd: emission.windowEnd, totals: row.totals, delta: row.delta, revision: row.revision, emittedAt: now
-                        )
-                    )
+                    batch.append(ResultRow(row, of: emission, series: catalog.series(of: row.product), emittedAt: now))
                 }
                 rows += batch.rowCount
                 bodyBytes += ResultRowEncoder.rowBinary(batch).count
