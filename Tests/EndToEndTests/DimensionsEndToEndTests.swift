@@ -173,11 +173,17 @@ import Testing
             if let user = event.user { entry.1.insert(user) }
             byCountry[key] = entry
         }
-        let rollup = try running.rows(
-            "SELECT country, toUnixTimestamp(period_start), sumMerge(impressions), uniqCombinedArrayMerge(impression_users) FROM ctr_rollup_1h_v2 GROUP BY country, period_start"
-        )
-        let rolled = Dictionary(uniqueKeysWithValues: rollup.map { ("\($0[0])|\($0[1])", [Int($0[2]) ?? -1, Int($0[3]) ?? -1]) })
-        #expect(rolled == byCountry.mapValues { [$0.0, $0.1.count] })
+        // ClickHouse feeds each view's table after the results table, so the roll-up may trail the
+        // latest view by the insert in flight: wait for it too.
+        func rolled() throws -> [String: [Int]] {
+            let rollup = try running.rows(
+                "SELECT country, toUnixTimestamp(period_start), sumMerge(impressions), uniqCombinedArrayMerge(impression_users) FROM ctr_rollup_1h_v2 GROUP BY country, period_start"
+            )
+            return Dictionary(uniqueKeysWithValues: rollup.map { ("\($0[0])|\($0[1])", [Int($0[2]) ?? -1, Int($0[3]) ?? -1]) })
+        }
+        let expectedRollup = byCountry.mapValues { [$0.0, $0.1.count] }
+        _ = try eventually(timeout: 30) { try rolled() == expectedRollup }
+        #expect(try rolled() == expectedRollup)
 
         let letters = try ChildProcess.run(
             "/usr/bin/kcat", ["-C", "-b", running.broker.bootstrapServers, "-t", "ctr-dlq", "-o", "beginning", "-e", "-q", "-f", "%h\n"]
