@@ -61,8 +61,12 @@ public final class KafkaConsumer {
         var revocations = 0
         /// Incremented on every client-level error (broker down, transport failures).
         var errors = 0
-        init(onError: @escaping (KafkaError) -> Void) {
+        /// Where an assigned partition without a committed offset starts: librdkafka's logical
+        /// offset for `auto.offset.reset`.
+        let startWithoutCommit: Int64
+        init(onError: @escaping (KafkaError) -> Void, startWithoutCommit: Int64) {
             self.onError = onError
+            self.startWithoutCommit = startWithoutCommit
         }
     }
 
@@ -120,13 +124,14 @@ public final class KafkaConsumer {
         var properties = Self.defaultProperties
         properties.merge(configuration.properties) { _, new in new }
         let conf = try KafkaConfiguration(properties).makeNativeConfiguration()
-        let callbacks = RebalanceContext(onError: onError)
+        let callbacks = RebalanceContext(onError: onError, startWithoutCommit: Self.logicalOffset(autoOffsetReset: properties["auto.offset.reset"]))
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
             let context = Unmanaged<RebalanceContext>.fromOpaque(opaque!).takeUnretainedValue()
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+                if let partitions { KafkaConsumer.setStartOffsets(of: partitions, handle: handle, withoutCommit: context.startWithoutCommit) }
                 rd_kafka_assign(handle, partitions)
                 rd_kafka_pause_partitions(handle, partitions)
                 context.events.append(.assigned(list, generation: KafkaConsumer.generation(of: handle) ?? -1))
@@ -168,6 +173,43 @@ public final class KafkaConsumer {
 
     deinit {
         close()
+    }
+
+    /// Sets the start offset of every partition of a new assignment before it is assigned: its
+    /// committed offset, or `withoutCommit` when it has none.
+    ///
+    /// Why: librdkafka applies an operation on a partition only if no operation created after it
+    /// ran first. Assigned without offsets, a partition's fetcher starts when the coordinator
+    /// answers librdkafka's own committed-offset query, on librdkafka's thread, while the
+    /// application pauses it on its own: the fetcher's start can then overtake the pause and
+    /// silently discard it, and messages arrive before the application resumes (seen under
+    /// load). With every start offset known, the fetcher starts inside the assign call, before
+    /// the pause is created. If the committed offsets cannot be read, the partitions are
+    /// assigned as before, without offsets.
+    private static func setStartOffsets(
+        of partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>, handle: OpaquePointer?, withoutCommit: Int64
+    ) {
+        guard withoutCommit != Int64(RD_KAFKA_OFFSET_INVALID), let committed = rd_kafka_topic_partition_list_copy(partitions) else { return }
+        defer { rd_kafka_topic_partition_list_destroy(committed) }
+        guard rd_kafka_committed(handle, committed, 10_000) == RD_KAFKA_RESP_ERR_NO_ERROR else { return }
+        var offsets: [Int64] = []
+        for element in UnsafeBufferPointer(start: partitions.pointee.elems, count: Int(partitions.pointee.cnt)) {
+            guard let read = rd_kafka_topic_partition_list_find(committed, element.topic, element.partition),
+                read.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+            else { return }
+            offsets.append(read.pointee.offset >= 0 ? read.pointee.offset : withoutCommit)
+        }
+        for (index, offset) in offsets.enumerated() { partitions.pointee.elems[index].offset = offset }
+    }
+
+    /// librdkafka's logical start offset for an `auto.offset.reset` value; `INVALID` (let
+    /// librdkafka decide after its own query) for `error` or a value it does not know.
+    static func logicalOffset(autoOffsetReset: String?) -> Int64 {
+        switch autoOffsetReset {
+        case "smallest", "earliest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
+        case "largest", "latest", "end": Int64(RD_KAFKA_OFFSET_END)
+        default: Int64(RD_KAFKA_OFFSET_INVALID)
+        }
     }
 
     /// The rebalance events recorded since the last call, oldest first.

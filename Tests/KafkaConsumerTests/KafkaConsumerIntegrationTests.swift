@@ -41,16 +41,20 @@ import Testing
         #expect(fetched == 3)
 
         // A second member joins: the first one's partitions are revoked (recorded, not acted on)
-        // and both get a new generation.
+        // and both get a new generation. The mock cluster may take a few rounds of joining to
+        // settle; the wait is for both members to hold an assignment of the same generation.
         let second = try KafkaConsumer(configuration: configuration, topics: ["impressions"], onError: { _ in })
         var secondEvents: [RebalanceEvent] = []
+        func assignedGeneration(_ event: RebalanceEvent?) -> Int32? {
+            if case .assigned(_, let generation) = event { generation } else { nil }
+        }
         let (events, _) = poll(first) { events, _ in
             _ = second.poll(maxMessages: 100, timeout: .milliseconds(10)) { _ in }
             secondEvents += second.takeRebalanceEvents()
-            return events.contains { if case .assigned = $0 { true } else { false } } && !secondEvents.isEmpty
+            return assignedGeneration(events.last).map { $0 == assignedGeneration(secondEvents.last) } ?? false
         }
         #expect(events.first == .revoked(partitions, lost: false))
-        guard case .assigned(_, let next) = events.last, case .assigned(_, let secondGeneration) = secondEvents.first else {
+        guard case .assigned(_, let next) = events.last, case .assigned(_, let secondGeneration) = secondEvents.last else {
             Issue.record("expected new assignments, got \(events) and \(secondEvents)")
             return
         }
