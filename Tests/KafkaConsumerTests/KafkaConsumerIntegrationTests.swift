@@ -5,7 +5,8 @@ import Testing
 
 /// The librdkafka consumer wrapper against the dev broker (librdkafka's mock cluster in another
 /// process, the real protocol): assignments arrive paused with their generation, revocations are
-/// recorded, not acted on, and a later member's join moves the generation on.
+/// recorded, not acted on, a later member's join moves the generation on, and a partition
+/// resumes at its committed offset.
 @Suite(.serialized) struct KafkaConsumerIntegrationTests {
     func poll(_ consumer: KafkaConsumer, until condition: ([RebalanceEvent], Int) -> Bool) -> ([RebalanceEvent], Int) {
         var events: [RebalanceEvent] = []
@@ -43,23 +44,42 @@ import Testing
         // A second member joins: the first one's partitions are revoked (recorded, not acted on)
         // and both get a new generation. The mock cluster may take a few rounds of joining to
         // settle; the wait is for both members to hold an assignment of the same generation.
+        // Partition 0 has a committed offset by then, so whoever owns it next starts there.
+        try first.commit([TopicPartition(topic: "impressions", partition: 0): KafkaConsumer.CommittedOffset(offset: 2)])
         let second = try KafkaConsumer(configuration: configuration, topics: ["impressions"], onError: { _ in })
         var secondEvents: [RebalanceEvent] = []
+        var secondMessages = 0
         func assignedGeneration(_ event: RebalanceEvent?) -> Int32? {
             if case .assigned(_, let generation) = event { generation } else { nil }
         }
-        let (events, _) = poll(first) { events, _ in
-            _ = second.poll(maxMessages: 100, timeout: .milliseconds(10)) { _ in }
+        let (events, firstMessages) = poll(first) { events, _ in
+            secondMessages += second.poll(maxMessages: 100, timeout: .milliseconds(10)) { _ in }
             secondEvents += second.takeRebalanceEvents()
             return assignedGeneration(events.last).map { $0 == assignedGeneration(secondEvents.last) } ?? false
         }
         #expect(events.first == .revoked(partitions, lost: false))
-        guard case .assigned(_, let next) = events.last, case .assigned(_, let secondGeneration) = secondEvents.last else {
+        guard case .assigned(let firstPartitions, let next) = events.last,
+            case .assigned(let secondPartitions, let secondGeneration) = secondEvents.last
+        else {
             Issue.record("expected new assignments, got \(events) and \(secondEvents)")
             return
         }
         #expect(next > generation)
         #expect(next == secondGeneration, "members of one generation share its number")
+        #expect(firstMessages + secondMessages == 0, "paused again: nothing is fetched before the application resumes")
+
+        first.resume(firstPartitions)
+        second.resume(secondPartitions)
+        var payloads: [String] = []
+        let collect = { (message: KafkaMessage) in payloads.append(String(decoding: message.payload, as: UTF8.self)) }
+        _ = eventually(timeout: 30, interval: 0) {
+            first.poll(maxMessages: 100, timeout: .milliseconds(100), collect)
+            second.poll(maxMessages: 100, timeout: .milliseconds(100), collect)
+            return !payloads.isEmpty
+        }
+        first.poll(maxMessages: 100, timeout: .milliseconds(200), collect)
+        second.poll(maxMessages: 100, timeout: .milliseconds(200), collect)
+        #expect(payloads == ["c"], "partition 0 resumes at its committed offset 2, partition 1 (nothing committed) at its empty start")
         second.close()
         first.close()
     }
