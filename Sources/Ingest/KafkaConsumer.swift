@@ -49,7 +49,7 @@ public struct KafkaMessage {
 ///
 /// Not thread-safe: one thread polls and commits. librdkafka's rebalance callback runs inside
 /// ``poll(maxMessages:timeout:_:)``; it only performs the assignment change librdkafka requires
-/// (new partitions are assigned paused) and records the event for
+/// (new partitions are assigned paused, at their start offsets) and records the event for
 /// ``takeRebalanceEvents()``, so the application decides what to do outside the callback.
 public final class KafkaConsumer {
     /// What librdkafka's callbacks record; owned by the consumer, so it lives as long as the
@@ -131,7 +131,9 @@ public final class KafkaConsumer {
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-                if let partitions { KafkaConsumer.setStartOffsets(of: partitions, handle: handle, withoutCommit: context.startWithoutCommit) }
+                if let partitions, let error = KafkaConsumer.setStartOffsets(of: partitions, handle: handle, withoutCommit: context.startWithoutCommit) {
+                    context.onError(error)
+                }
                 rd_kafka_assign(handle, partitions)
                 rd_kafka_pause_partitions(handle, partitions)
                 context.events.append(.assigned(list, generation: KafkaConsumer.generation(of: handle) ?? -1))
@@ -185,26 +187,30 @@ public final class KafkaConsumer {
     /// silently discard it, and messages arrive before the application resumes (seen under
     /// load). With every start offset known, the fetcher starts inside the assign call, before
     /// the pause is created. If the committed offsets cannot be read, the partitions are
-    /// assigned as before, without offsets.
+    /// assigned as before, without offsets, and the returned error says so.
     private static func setStartOffsets(
         of partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>, handle: OpaquePointer?, withoutCommit: Int64
-    ) {
-        guard withoutCommit != Int64(RD_KAFKA_OFFSET_INVALID), let committed = rd_kafka_topic_partition_list_copy(partitions) else { return }
+    ) -> KafkaError? {
+        guard withoutCommit != Int64(RD_KAFKA_OFFSET_INVALID), let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
         defer { rd_kafka_topic_partition_list_destroy(committed) }
-        guard rd_kafka_committed(handle, committed, 10_000) == RD_KAFKA_RESP_ERR_NO_ERROR else { return }
+        let context = "cannot read the committed offsets of a new assignment; it starts after librdkafka's own query instead"
+        let error = rd_kafka_committed(handle, committed, 10_000)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { return KafkaError(error, context: context) }
         var offsets: [Int64] = []
         for element in UnsafeBufferPointer(start: partitions.pointee.elems, count: Int(partitions.pointee.cnt)) {
-            guard let read = rd_kafka_topic_partition_list_find(committed, element.topic, element.partition),
-                read.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
-            else { return }
+            guard let read = rd_kafka_topic_partition_list_find(committed, element.topic, element.partition) else {
+                return KafkaError(message: "\(context): no answer for \(String(cString: element.topic)):\(element.partition)")
+            }
+            guard read.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR else { return KafkaError(read.pointee.err, context: context) }
             offsets.append(read.pointee.offset >= 0 ? read.pointee.offset : withoutCommit)
         }
         for (index, offset) in offsets.enumerated() { partitions.pointee.elems[index].offset = offset }
+        return nil
     }
 
     /// librdkafka's logical start offset for an `auto.offset.reset` value; `INVALID` (let
     /// librdkafka decide after its own query) for `error` or a value it does not know.
-    static func logicalOffset(autoOffsetReset: String?) -> Int64 {
+    private static func logicalOffset(autoOffsetReset: String?) -> Int64 {
         switch autoOffsetReset {
         case "smallest", "earliest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
         case "largest", "latest", "end": Int64(RD_KAFKA_OFFSET_END)
