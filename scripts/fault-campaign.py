@@ -57,6 +57,7 @@ duplicated, mismatched, peak aggregator memory; exits 0 only if nothing was lost
 mismatched.
 """
 import argparse
+import errno
 import importlib.util
 import os
 import random
@@ -183,15 +184,41 @@ def main():
         partitions = 6
         bootstrap_file = os.path.join(work, "bootstrap.txt")
         control = os.path.join(work, "broker-control")
-        spawn("broker", [os.path.join(args.bin, "ctr-dev-broker"), "--partitions", str(partitions), "--bootstrap-file", bootstrap_file,
-                         "--control-file", control])
+        broker_process = spawn("broker", [os.path.join(args.bin, "ctr-dev-broker"), "--partitions", str(partitions),
+                                  "--bootstrap-file", bootstrap_file, "--control-file", control])
         while not os.path.exists(bootstrap_file):
             time.sleep(0.1)
         brokers = open(bootstrap_file).read().strip()
 
+        def ensure_broker_runs(doing):
+            """Stops the campaign, keeping its work directory, if the dev broker has exited (see the README)."""
+            if broker_process.poll() is None:
+                return
+            args.keep = True
+            tail = open(os.path.join(work, "broker.log"), errors="replace").read().strip().splitlines()[-40:]
+            raise SystemExit(f"the dev broker exited (status {broker_process.returncode}) {doing}; the end of its log "
+                             f"({work}/broker.log, kept):\n" + "\n".join(tail))
+
         def broker_command(line):
-            with open(control, "w") as f:
-                f.write(line + "\n")
+            # The control file is a FIFO that the broker reopens after every writer: a blocking open
+            # would wait forever for a broker that is gone, so open without blocking and retry.
+            deadline = time.time() + 30
+            while True:
+                ensure_broker_runs(f"before '{line}'")
+                try:
+                    descriptor = os.open(control, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as error:
+                    if error.errno not in (errno.ENXIO, errno.ENOENT) or time.time() > deadline:
+                        raise
+                    time.sleep(0.05)
+            try:
+                os.write(descriptor, (line + "\n").encode())
+            except BrokenPipeError:
+                ensure_broker_runs(f"during '{line}'")
+                raise
+            finally:
+                os.close(descriptor)
 
         aggregators = {}
         peak_rss = Counter()
@@ -228,6 +255,7 @@ def main():
         for number in range(fault_count):
             target = started + (number + rng.random()) * interval
             while time.time() < target:
+                ensure_broker_runs(f"before fault {number + 1}")
                 for index, process in aggregators.items():
                     peak_rss[index] = max(peak_rss[index], rss_kib(process.pid))
                 time.sleep(0.1)
@@ -300,6 +328,7 @@ def main():
 
         producer_output = producer.communicate()[0].decode()
         log(f"producer: {producer_output.strip()}")
+        ensure_broker_runs("before the check")
         for index, process in aggregators.items():
             peak_rss[index] = max(peak_rss[index], rss_kib(process.pid))
         check = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check-truth.py"), truth_file, direct_url, database,

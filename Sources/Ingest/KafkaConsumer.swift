@@ -49,7 +49,7 @@ public struct KafkaMessage {
 ///
 /// Not thread-safe: one thread polls and commits. librdkafka's rebalance callback runs inside
 /// ``poll(maxMessages:timeout:_:)``; it only performs the assignment change librdkafka requires
-/// (new partitions are assigned paused, at their start offsets) and records the event for
+/// (new partitions are paused, then assigned) and records the event for
 /// ``takeRebalanceEvents()``, so the application decides what to do outside the callback.
 public final class KafkaConsumer {
     /// What librdkafka's callbacks record; owned by the consumer, so it lives as long as the
@@ -61,12 +61,8 @@ public final class KafkaConsumer {
         var revocations = 0
         /// Incremented on every client-level error (broker down, transport failures).
         var errors = 0
-        /// Where an assigned partition without a committed offset starts: librdkafka's logical
-        /// offset for `auto.offset.reset`.
-        let startWithoutCommit: Int64
-        init(onError: @escaping (KafkaError) -> Void, startWithoutCommit: Int64) {
+        init(onError: @escaping (KafkaError) -> Void) {
             self.onError = onError
-            self.startWithoutCommit = startWithoutCommit
         }
     }
 
@@ -76,6 +72,9 @@ public final class KafkaConsumer {
     private var topicNames: [OpaquePointer: (name: String, index: Int)] = [:]
     private var lastTopic: (handle: OpaquePointer, topic: (name: String, index: Int))?
     private let topics: [String]
+    /// Handles of the subscribed topics, held for the consumer's life so that their partitions
+    /// exist when a new assignment is paused before it is assigned (see `assignPaused`).
+    private let topicHandles: [OpaquePointer]
     private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
     private var closed = false
 
@@ -124,18 +123,14 @@ public final class KafkaConsumer {
         var properties = Self.defaultProperties
         properties.merge(configuration.properties) { _, new in new }
         let conf = try KafkaConfiguration(properties).makeNativeConfiguration()
-        let callbacks = RebalanceContext(onError: onError, startWithoutCommit: Self.logicalOffset(autoOffsetReset: properties["auto.offset.reset"]))
+        let callbacks = RebalanceContext(onError: onError)
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
             let context = Unmanaged<RebalanceContext>.fromOpaque(opaque!).takeUnretainedValue()
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-                if let partitions, let error = KafkaConsumer.setStartOffsets(of: partitions, handle: handle, withoutCommit: context.startWithoutCommit) {
-                    context.onError(error)
-                }
-                rd_kafka_assign(handle, partitions)
-                rd_kafka_pause_partitions(handle, partitions)
+                if let partitions { KafkaConsumer.assignPaused(partitions, handle: handle) }
                 context.events.append(.assigned(list, generation: KafkaConsumer.generation(of: handle) ?? -1))
             default:
                 context.revocations += 1
@@ -159,6 +154,7 @@ public final class KafkaConsumer {
         self.callbacks = callbacks
         self.messages = Array(repeating: nil, count: maxBatch)
         self.topics = topics
+        self.topicHandles = topics.compactMap { rd_kafka_topic_new(handle, $0, nil) }
 
         let subscription = rd_kafka_topic_partition_list_new(Int32(topics.count))
         defer { rd_kafka_topic_partition_list_destroy(subscription) }
@@ -167,8 +163,7 @@ public final class KafkaConsumer {
         }
         let error = rd_kafka_subscribe(handle, subscription)
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            rd_kafka_queue_destroy(queue)
-            rd_kafka_destroy(handle)
+            // Fully initialized: `deinit` closes and releases the client.
             throw KafkaError(error, context: "cannot subscribe to \(topics.joined(separator: ", "))")
         }
     }
@@ -177,45 +172,24 @@ public final class KafkaConsumer {
         close()
     }
 
-    /// Sets the start offset of every partition of a new assignment before it is assigned: its
-    /// committed offset, or `withoutCommit` when it has none.
+    /// Assigns `partitions` so that none of them fetches before the application resumes it.
     ///
-    /// Why: librdkafka applies an operation on a partition only if no operation created after it
-    /// ran first. Assigned without offsets, a partition's fetcher starts when the coordinator
-    /// answers librdkafka's own committed-offset query, on librdkafka's thread, while the
-    /// application pauses it on its own: the fetcher's start can then overtake the pause and
-    /// silently discard it, and messages arrive before the application resumes (seen under
-    /// load). With every start offset known, the fetcher starts inside the assign call, before
-    /// the pause is created. If the committed offsets cannot be read, the partitions are
-    /// assigned as before, without offsets, and the returned error says so.
-    private static func setStartOffsets(
-        of partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>, handle: OpaquePointer?, withoutCommit: Int64
-    ) -> KafkaError? {
-        guard withoutCommit != Int64(RD_KAFKA_OFFSET_INVALID), let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
-        defer { rd_kafka_topic_partition_list_destroy(committed) }
-        let context = "cannot read the committed offsets of a new assignment; it starts after librdkafka's own query instead"
-        let error = rd_kafka_committed(handle, committed, 10_000)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { return KafkaError(error, context: context) }
-        var offsets: [Int64] = []
-        for element in UnsafeBufferPointer(start: partitions.pointee.elems, count: Int(partitions.pointee.cnt)) {
-            guard let read = rd_kafka_topic_partition_list_find(committed, element.topic, element.partition) else {
-                return KafkaError(message: "\(context): no answer for \(String(cString: element.topic)):\(element.partition)")
-            }
-            guard read.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR else { return KafkaError(read.pointee.err, context: context) }
-            offsets.append(read.pointee.offset >= 0 ? read.pointee.offset : withoutCommit)
-        }
-        for (index, offset) in offsets.enumerated() { partitions.pointee.elems[index].offset = offset }
-        return nil
-    }
-
-    /// librdkafka's logical start offset for an `auto.offset.reset` value; `INVALID` (let
-    /// librdkafka decide after its own query) for `error` or a value it does not know.
-    private static func logicalOffset(autoOffsetReset: String?) -> Int64 {
-        switch autoOffsetReset {
-        case "smallest", "earliest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
-        case "largest", "latest", "end": Int64(RD_KAFKA_OFFSET_END)
-        default: Int64(RD_KAFKA_OFFSET_INVALID)
-        }
+    /// The pause comes first. librdkafka gives every operation on a partition a version when it
+    /// is created and discards one that arrives after an operation of a later version. Paused
+    /// after the assign, a partition raced the fetcher start that librdkafka creates on its own
+    /// thread once the coordinator answers its committed-offset query, and the pause could be
+    /// discarded (seen under load: messages before the resume). Paused before the assign, the
+    /// pause has run before any operation of the assignment exists, and the assignment leaves
+    /// the application's pause alone. The partitions' topic handles exist from the start
+    /// (``init(configuration:topics:maxBatch:onError:)``), so the pause finds them; a partition
+    /// it still cannot find is paused after the assign, as a fallback.
+    private static func assignPaused(_ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>, handle: OpaquePointer?) {
+        rd_kafka_pause_partitions(handle, partitions)
+        let elements = UnsafeMutableBufferPointer(start: partitions.pointee.elems, count: Int(partitions.pointee.cnt))
+        let unpaused = elements.indices.filter { elements[$0].err != RD_KAFKA_RESP_ERR_NO_ERROR }
+        for index in unpaused { elements[index].err = RD_KAFKA_RESP_ERR_NO_ERROR }
+        rd_kafka_assign(handle, partitions)
+        if !unpaused.isEmpty { rd_kafka_pause_partitions(handle, partitions) }
     }
 
     /// The rebalance events recorded since the last call, oldest first.
@@ -425,6 +399,13 @@ public final class KafkaConsumer {
     }
 
     /// Resumes fetching `partitions`.
+    ///
+    /// Resume a new assignment only after ``committedOffsets(_:timeout:)`` has returned for it.
+    /// librdkafka starts an assigned partition's fetcher when the coordinator answers its own
+    /// committed-offset query; a resume created before that start can be discarded as outdated
+    /// (see `assignPaused`), leaving the partition paused. Both queries go to the coordinator on
+    /// one connection and are answered in order on librdkafka's thread, so once the
+    /// application's has returned, the fetcher's start exists and the resume comes after it.
     public func resume(_ partitions: [TopicPartition]) {
         let list = Self.makeList(partitions) { _ in 0 }
         defer { rd_kafka_topic_partition_list_destroy(list) }
@@ -437,6 +418,7 @@ public final class KafkaConsumer {
         guard !closed else { return }
         closed = true
         rd_kafka_consumer_close(handle)
+        topicHandles.forEach { rd_kafka_topic_destroy($0) }
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(handle)
     }

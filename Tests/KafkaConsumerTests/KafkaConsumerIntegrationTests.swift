@@ -37,6 +37,8 @@ import Testing
         #expect(partitions.map(\.description) == ["impressions:0", "impressions:1"])
         #expect(generation > 0)
         #expect(before == 0, "paused: nothing is fetched before the application resumes")
+        // As the pipeline does: the committed offsets are read before the resume (see `resume`).
+        _ = try first.committedOffsets(partitions, timeout: .seconds(10))
         first.resume(partitions)
         let (_, fetched) = poll(first) { _, messages in messages >= 3 }
         #expect(fetched == 3)
@@ -68,6 +70,8 @@ import Testing
         #expect(next == secondGeneration, "members of one generation share its number")
         #expect(firstMessages + secondMessages == 0, "paused again: nothing is fetched before the application resumes")
 
+        _ = try first.committedOffsets(firstPartitions, timeout: .seconds(10))
+        _ = try second.committedOffsets(secondPartitions, timeout: .seconds(10))
         first.resume(firstPartitions)
         second.resume(secondPartitions)
         var payloads: [String] = []
