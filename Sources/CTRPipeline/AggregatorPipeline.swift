@@ -292,7 +292,12 @@ public final class AggregatorPipeline: Sendable {
                 if !rows.isEmpty { logger.info("restored windows from ClickHouse", metadata: ["rows": "\(rows.count)"]) }
                 perform(machine.restored(rows, now: WallClock.now()))
             case .resume(let partitions):
-                consumer.resume(partitions)
+                do {
+                    try consumer.resume(partitions)
+                } catch {
+                    fatalError = PipelineError("cannot resume consuming: \(error)")
+                    return
+                }
                 if machine.phase == .running { logger.info("resumed consuming", metadata: ["partitions": "\(partitions.count)"]) }
             case .pause(let partitions):
                 consumer.pause(partitions)

@@ -25,8 +25,9 @@ public struct TopicPartition: Hashable, Sendable, Comparable, CustomStringConver
 /// A change of the partitions this consumer owns in its group, as recorded during a poll.
 public enum RebalanceEvent: Sendable, Equatable {
     /// The group gave these partitions to this consumer in consumer-group generation
-    /// `generation`. They are assigned *paused*: fetching starts at their committed offsets (or
-    /// the earliest offset) once the application resumes them.
+    /// `generation`. They are assigned *paused*: no message of theirs reaches the application
+    /// before it resumes them, and fetching starts at their committed offsets (or the earliest
+    /// offset) then.
     case assigned([TopicPartition], generation: Int32)
     /// The group took these partitions away; they are already unassigned. `lost` is true when
     /// the group moved on without this consumer (session timeout, poll interval exceeded):
@@ -49,7 +50,7 @@ public struct KafkaMessage {
 ///
 /// Not thread-safe: one thread polls and commits. librdkafka's rebalance callback runs inside
 /// ``poll(maxMessages:timeout:_:)``; it only performs the assignment change librdkafka requires
-/// (new partitions are paused, then assigned) and records the event for
+/// (new partitions are assigned paused) and records the event for
 /// ``takeRebalanceEvents()``, so the application decides what to do outside the callback.
 public final class KafkaConsumer {
     /// What librdkafka's callbacks record; owned by the consumer, so it lives as long as the
@@ -61,8 +62,17 @@ public final class KafkaConsumer {
         var revocations = 0
         /// Incremented on every client-level error (broker down, transport failures).
         var errors = 0
-        init(onError: @escaping (KafkaError) -> Void) {
+        /// Assigned partitions the application has not resumed yet.
+        var awaitingResume: Set<TopicPartition> = []
+        /// Partitions awaiting their resume of which librdkafka delivered messages anyway; the
+        /// consumer held them back (see `holdBack`).
+        var heldBack: Set<TopicPartition> = []
+        /// Where an assigned partition without a committed offset starts: librdkafka's logical
+        /// offset for `auto.offset.reset`.
+        let startWithoutCommit: Int64
+        init(onError: @escaping (KafkaError) -> Void, startWithoutCommit: Int64) {
             self.onError = onError
+            self.startWithoutCommit = startWithoutCommit
         }
     }
 
@@ -72,9 +82,6 @@ public final class KafkaConsumer {
     private var topicNames: [OpaquePointer: (name: String, index: Int)] = [:]
     private var lastTopic: (handle: OpaquePointer, topic: (name: String, index: Int))?
     private let topics: [String]
-    /// Handles of the subscribed topics, held for the consumer's life so that their partitions
-    /// exist when a new assignment is paused before it is assigned (see `assignPaused`).
-    private let topicHandles: [OpaquePointer]
     private var messages: [UnsafeMutablePointer<rd_kafka_message_t>?]
     private var closed = false
 
@@ -123,16 +130,20 @@ public final class KafkaConsumer {
         var properties = Self.defaultProperties
         properties.merge(configuration.properties) { _, new in new }
         let conf = try KafkaConfiguration(properties).makeNativeConfiguration()
-        let callbacks = RebalanceContext(onError: onError)
+        let callbacks = RebalanceContext(onError: onError, startWithoutCommit: Self.logicalOffset(autoOffsetReset: properties["auto.offset.reset"]))
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(callbacks).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf) { handle, error, partitions, opaque in
             let context = Unmanaged<RebalanceContext>.fromOpaque(opaque!).takeUnretainedValue()
             let list = KafkaConsumer.topicPartitions(partitions)
             switch error {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-                if let partitions { KafkaConsumer.assignPaused(partitions, handle: handle) }
+                rd_kafka_assign(handle, partitions)
+                rd_kafka_pause_partitions(handle, partitions)
+                context.awaitingResume.formUnion(list)
                 context.events.append(.assigned(list, generation: KafkaConsumer.generation(of: handle) ?? -1))
             default:
+                context.awaitingResume.subtract(list)
+                context.heldBack.subtract(list)
                 context.revocations += 1
                 context.events.append(.revoked(list, lost: rd_kafka_assignment_lost(handle) != 0))
                 rd_kafka_assign(handle, nil)
@@ -154,7 +165,6 @@ public final class KafkaConsumer {
         self.callbacks = callbacks
         self.messages = Array(repeating: nil, count: maxBatch)
         self.topics = topics
-        self.topicHandles = topics.compactMap { rd_kafka_topic_new(handle, $0, nil) }
 
         let subscription = rd_kafka_topic_partition_list_new(Int32(topics.count))
         defer { rd_kafka_topic_partition_list_destroy(subscription) }
@@ -170,26 +180,6 @@ public final class KafkaConsumer {
 
     deinit {
         close()
-    }
-
-    /// Assigns `partitions` so that none of them fetches before the application resumes it.
-    ///
-    /// The pause comes first. librdkafka gives every operation on a partition a version when it
-    /// is created and discards one that arrives after an operation of a later version. Paused
-    /// after the assign, a partition raced the fetcher start that librdkafka creates on its own
-    /// thread once the coordinator answers its committed-offset query, and the pause could be
-    /// discarded (seen under load: messages before the resume). Paused before the assign, the
-    /// pause has run before any operation of the assignment exists, and the assignment leaves
-    /// the application's pause alone. The partitions' topic handles exist from the start
-    /// (``init(configuration:topics:maxBatch:onError:)``), so the pause finds them; a partition
-    /// it still cannot find is paused after the assign, as a fallback.
-    private static func assignPaused(_ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>, handle: OpaquePointer?) {
-        rd_kafka_pause_partitions(handle, partitions)
-        let elements = UnsafeMutableBufferPointer(start: partitions.pointee.elems, count: Int(partitions.pointee.cnt))
-        let unpaused = elements.indices.filter { elements[$0].err != RD_KAFKA_RESP_ERR_NO_ERROR }
-        for index in unpaused { elements[index].err = RD_KAFKA_RESP_ERR_NO_ERROR }
-        rd_kafka_assign(handle, partitions)
-        if !unpaused.isEmpty { rd_kafka_pause_partitions(handle, partitions) }
     }
 
     /// The rebalance events recorded since the last call, oldest first.
@@ -230,8 +220,13 @@ public final class KafkaConsumer {
     /// Rebalances are recorded during this call (see ``takeRebalanceEvents()``). A batch during
     /// which partitions were revoked is dropped whole: its messages were fetched for the old
     /// assignment, and whoever owns the partitions next fetches them again from the committed
-    /// offsets. Partitions assigned during the call are paused, so no message of theirs can be
-    /// in the dropped batch.
+    /// offsets.
+    ///
+    /// A message of a partition that is assigned and not yet resumed is held back, never handed
+    /// over: librdkafka pauses a partition only if the pause is not overtaken by the fetcher
+    /// start that librdkafka creates on its own thread for the new assignment (it discards an
+    /// operation created before one that already ran; seen under load). ``resume(_:)`` then
+    /// moves the partition back to its start.
     @discardableResult
     public func poll(maxMessages: Int, timeout: Duration, _ handle: (KafkaMessage) -> Void) -> Int {
         let count = min(maxMessages, messages.count)
@@ -244,7 +239,11 @@ public final class KafkaConsumer {
         }
         guard received > 0 else { return 0 }
         if callbacks.revocations != revocationsBefore {
-            for index in 0..<received { messages[index].map { rd_kafka_message_destroy($0) } }
+            for index in 0..<received {
+                guard let message = messages[index] else { continue }
+                holdBack(message.pointee)
+                rd_kafka_message_destroy(message)
+            }
             return 0
         }
         var delivered = 0
@@ -252,6 +251,7 @@ public final class KafkaConsumer {
             guard let message = messages[index] else { continue }
             defer { rd_kafka_message_destroy(message) }
             let value = message.pointee
+            if !callbacks.awaitingResume.isEmpty, holdBack(value) { continue }
             guard value.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 if value.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
                     callbacks.onError(KafkaError(value.err, context: "consume error"))
@@ -272,6 +272,16 @@ public final class KafkaConsumer {
             delivered += 1
         }
         return delivered
+    }
+
+    /// Records `message` as held back if its partition awaits its resume; true if it does.
+    @discardableResult
+    private func holdBack(_ message: rd_kafka_message_t) -> Bool {
+        guard message.err == RD_KAFKA_RESP_ERR_NO_ERROR, !callbacks.awaitingResume.isEmpty else { return false }
+        let partition = TopicPartition(topic: topicName(message.rkt).name, partition: message.partition)
+        guard callbacks.awaitingResume.contains(partition) else { return false }
+        callbacks.heldBack.insert(partition)
+        return true
     }
 
     /// The name of a message's topic and its position in the subscription. Messages arrive in
@@ -370,6 +380,7 @@ public final class KafkaConsumer {
     /// Moves the fetch positions of assigned partitions to `offsets`.
     public func seek(_ offsets: [TopicPartition: Int64], timeout: Duration) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
+        callbacks.heldBack.subtract(offsets.keys)
         let list = Self.makeList(offsets.keys.sorted()) { offsets[$0]! }
         defer { rd_kafka_topic_partition_list_destroy(list) }
         if let error = rd_kafka_seek_partitions(handle, list, Int32(Self.milliseconds(timeout))) {
@@ -400,16 +411,53 @@ public final class KafkaConsumer {
 
     /// Resumes fetching `partitions`.
     ///
+    /// A partition of a new assignment of which ``poll(maxMessages:timeout:_:)`` held messages
+    /// back first goes back to its start: its committed offset, or where `auto.offset.reset`
+    /// says when it has none.
+    ///
     /// Resume a new assignment only after ``committedOffsets(_:timeout:)`` has returned for it.
-    /// librdkafka starts an assigned partition's fetcher when the coordinator answers its own
-    /// committed-offset query; a resume created before that start can be discarded as outdated
-    /// (see `assignPaused`), leaving the partition paused. Both queries go to the coordinator on
-    /// one connection and are answered in order on librdkafka's thread, so once the
-    /// application's has returned, the fetcher's start exists and the resume comes after it.
-    public func resume(_ partitions: [TopicPartition]) {
+    /// librdkafka starts the fetcher of an assigned partition when the coordinator answers its
+    /// own committed-offset query, and a resume created before that start can be discarded as
+    /// outdated, leaving the partition paused. Both queries go to the coordinator on one
+    /// connection and are answered in order on librdkafka's thread, so once the application's
+    /// query has returned, the fetcher's start exists and the resume comes after it.
+    public func resume(_ partitions: [TopicPartition]) throws(KafkaError) {
+        let rewound = partitions.filter { callbacks.heldBack.contains($0) }
+        if !rewound.isEmpty {
+            let committed = try committedOffsets(rewound, timeout: .seconds(30))
+            var start: [TopicPartition: Int64] = [:]
+            for partition in rewound {
+                start[partition] = committed[partition]?.offset ?? callbacks.startWithoutCommit
+            }
+            try seek(start.filter { $0.value != Int64(RD_KAFKA_OFFSET_INVALID) }, timeout: .seconds(30))
+        }
+        callbacks.awaitingResume.subtract(partitions)
+        callbacks.heldBack.subtract(partitions)
         let list = Self.makeList(partitions) { _ in 0 }
         defer { rd_kafka_topic_partition_list_destroy(list) }
         rd_kafka_resume_partitions(handle, list)
+    }
+
+    /// Lifts the pause of `partitions` inside librdkafka only, as librdkafka does when the
+    /// fetcher start of a new assignment overtakes its pause: for the tests of the held-back
+    /// messages (``poll(maxMessages:timeout:_:)``, ``resume(_:)``).
+    func liftPauseInsideLibrdkafka(_ partitions: [TopicPartition]) {
+        let list = Self.makeList(partitions) { _ in 0 }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        rd_kafka_resume_partitions(handle, list)
+    }
+
+    /// The partitions whose messages are held back until their resume.
+    var heldBack: Set<TopicPartition> { callbacks.heldBack }
+
+    /// librdkafka's logical start offset for an `auto.offset.reset` value (which librdkafka reads
+    /// case-insensitively); `INVALID` for `error` or a value it does not know.
+    private static func logicalOffset(autoOffsetReset: String?) -> Int64 {
+        switch autoOffsetReset?.lowercased() {
+        case "smallest", "earliest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
+        case "largest", "latest", "end": Int64(RD_KAFKA_OFFSET_END)
+        default: Int64(RD_KAFKA_OFFSET_INVALID)
+        }
     }
 
     /// Leaves the group (revoking the assignment through the rebalance handler) and releases
@@ -418,7 +466,6 @@ public final class KafkaConsumer {
         guard !closed else { return }
         closed = true
         rd_kafka_consumer_close(handle)
-        topicHandles.forEach { rd_kafka_topic_destroy($0) }
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(handle)
     }

@@ -85,7 +85,10 @@ struct Consume: ParsableCommand {
                 bytes += message.payload.count
                 last = .now
             }
-            for case .assigned(let partitions, _) in consumer.takeRebalanceEvents() { consumer.resume(partitions) }
+            for case .assigned(let partitions, _) in consumer.takeRebalanceEvents() {
+                _ = try consumer.committedOffsets(partitions, timeout: .seconds(10))
+                try consumer.resume(partitions)
+            }
             if start != nil, ContinuousClock.now - last > .milliseconds(idleExitMs) { break }
         }
         let elapsed = start.map { _ in seconds(since: start!) - (received < expect ? seconds(since: last) : 0) } ?? 0

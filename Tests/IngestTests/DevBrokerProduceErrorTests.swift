@@ -58,7 +58,10 @@ import Testing
                 values.append(String(decoding: message.payload, as: UTF8.self))
             }
             for event in consumer.takeRebalanceEvents() {
-                if case .assigned(let partitions, _) = event { consumer.resume(partitions) }
+                if case .assigned(let partitions, _) = event {
+                    _ = try consumer.committedOffsets(partitions, timeout: .seconds(10))
+                    try consumer.resume(partitions)
+                }
             }
             if let high = consumer.highWatermark(partition), high > 0, values.count == Int(high) { return values }
         }
