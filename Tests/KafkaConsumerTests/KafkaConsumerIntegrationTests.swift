@@ -19,13 +19,21 @@ import Testing
         return (events, messages)
     }
 
-    @Test func assignmentsArrivePausedWithTheirGenerationAndRevocationsAreRecorded() throws {
-        let directory = try PackagePaths.temporaryDirectory("ctr-consumer")
-        let broker = try DevBrokerProcess(partitions: 2, topics: "impressions", directory: directory)
+    /// A dev broker whose topic `impressions` has `partitions` partitions and the messages
+    /// `a`, `b`, `c` at offsets 0 to 2 of partition 0.
+    func brokerWithThreeMessages(partitions: Int) throws -> DevBrokerProcess {
+        let broker = try DevBrokerProcess(
+            partitions: partitions, topics: "impressions", directory: try PackagePaths.temporaryDirectory("ctr-consumer")
+        )
         let produced = try ChildProcess.run(
             "/usr/bin/kcat", ["-P", "-b", broker.bootstrapServers, "-t", "impressions", "-p", "0"], input: Data("a\nb\nc\n".utf8)
         )
         #expect(produced.status == 0, "\(produced.stderr)")
+        return broker
+    }
+
+    @Test func assignmentsArrivePausedWithTheirGenerationAndRevocationsAreRecorded() throws {
+        let broker = try brokerWithThreeMessages(partitions: 2)
         let configuration = KafkaConfiguration(["bootstrap.servers": broker.bootstrapServers, "group.id": "wrapper"])
         let first = try KafkaConsumer(configuration: configuration, topics: ["impressions"], onError: { _ in })
 
@@ -92,15 +100,10 @@ import Testing
     /// messages it then fetches are held back, and the resume moves the partition back to its
     /// start (here: no committed offset, so the earliest).
     /// (librdkafka 2.0.2 also refetches from the start when a partition that is not paused is
-    /// resumed, its bug #4636, so here the last check also holds without the rewind; from 2.4
-    /// on it does not, and the rewind is what keeps the messages.)
+    /// resumed, its bug #4636, so here the last check also holds without the seek back; from
+    /// 2.4 on it does not, and the seek is what keeps the messages.)
     @Test func messagesFetchedDespiteThePauseAreHeldBackUntilTheResume() throws {
-        let directory = try PackagePaths.temporaryDirectory("ctr-consumer-held")
-        let broker = try DevBrokerProcess(partitions: 1, topics: "impressions", directory: directory)
-        let produced = try ChildProcess.run(
-            "/usr/bin/kcat", ["-P", "-b", broker.bootstrapServers, "-t", "impressions", "-p", "0"], input: Data("a\nb\nc\n".utf8)
-        )
-        #expect(produced.status == 0, "\(produced.stderr)")
+        let broker = try brokerWithThreeMessages(partitions: 1)
         let consumer = try KafkaConsumer(
             configuration: KafkaConfiguration(["bootstrap.servers": broker.bootstrapServers, "group.id": "held"]),
             topics: ["impressions"], onError: { _ in }
